@@ -1,0 +1,3 @@
+from inos_node.cli import main
+
+raise SystemExit(main())

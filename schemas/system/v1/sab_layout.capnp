@@ -1,0 +1,82 @@
+@0x8e4303369c0e54c4;
+# The shared arena ("SAB") layout of one inos node: the single source of truth.
+# Python reads these constants at import (inos_node/arena/layout.py) and never repeats them.
+#
+#   offset 0                 header page         (headerSize bytes)
+#   epochTableOffset         epoch table         (epochCount lines of cacheLine bytes;
+#                                                 word 0 of each line is the epoch counter)
+#   processTableOffset       subscriber table    (maxProcesses slots of processSlotSize bytes)
+#   regionTableOffset        region directory    (maxRegions entries of regionEntrySize bytes)
+#   fixedRegionsOffset       fixed regions, in this order: inbox, outbox, registry, diagnostics
+#   dynamic region           the rest, handed out by the block allocator (allocAlign-aligned)
+#
+# Every multi-byte value is little-endian. Every counter is 8-byte aligned on its own line.
+
+struct Constants {}
+
+const magic :UInt64 = 0x414e455241534f4e;   # "NOSARENA" read as little-endian bytes
+const layoutVersion :UInt32 = 1;
+const cacheLine :UInt32 = 64;
+const pageSize :UInt32 = 4096;
+
+# --- header (page 0), byte offsets ---
+const headerSize :UInt32 = 4096;
+const hdrMagic :UInt32 = 0;            # UInt64
+const hdrVersion :UInt32 = 8;          # UInt32
+const hdrTotalSize :UInt32 = 16;       # UInt64, bytes of the whole segment
+const hdrCreatorPid :UInt32 = 24;      # UInt64
+const hdrCreatedNs :UInt32 = 32;       # UInt64, CLOCK_REALTIME ns
+const hdrEpochCount :UInt32 = 40;      # UInt32
+const hdrRegionCount :UInt32 = 44;     # UInt32
+const hdrProcGen :UInt32 = 64;         # UInt64 on its own line: process-table generation
+const hdrAllocLock :UInt32 = 128;      # UInt64 on its own line: allocator generation
+
+# --- epoch table ---
+const epochTableOffset :UInt32 = 4096;
+const epochCount :UInt32 = 256;
+
+# --- subscriber process table ---
+const processTableOffset :UInt32 = 20480;   # epochTableOffset + epochCount * cacheLine
+const maxProcesses :UInt32 = 64;
+const processSlotSize :UInt32 = 64;         # pid u64 @0, interest bitmap 256 bits @8, started ns @40
+const procPid :UInt32 = 0;
+const procMask :UInt32 = 8;
+const procStarted :UInt32 = 40;
+
+# --- region directory ---
+const regionTableOffset :UInt32 = 24576;
+const maxRegions :UInt32 = 32;
+const regionEntrySize :UInt32 = 64;   # name 32 bytes (ASCII, NUL padded) @0, offset u64 @32,
+                                      # size u64 @40, epoch index u32 @48, kind u32 @52
+const regionName :UInt32 = 0;
+const regionNameLen :UInt32 = 32;
+const regionOffset :UInt32 = 32;
+const regionSize :UInt32 = 40;
+const regionEpoch :UInt32 = 48;
+const regionKind :UInt32 = 52;
+
+# --- fixed regions ---
+const fixedRegionsOffset :UInt32 = 32768;
+const inboxSize :UInt32 = 2097152;       # capsule request rings, one lane per worker
+const outboxSize :UInt32 = 2097152;      # capsule result rings, one lane per worker
+const registrySize :UInt32 = 65536;      # unit registry: capnp UnitRegistry message
+const diagnosticsSize :UInt32 = 65536;   # diagnostics: capnp Diagnostics message
+const allocAlign :UInt32 = 64;           # dynamic blocks are 64-byte aligned
+const minArenaSize :UInt64 = 8388608;    # 8 MiB: everything fixed plus some dynamic room
+const defaultArenaSize :UInt64 = 134217728;  # 128 MiB
+
+# --- epoch indices (one writer each) ---
+const idxControl :UInt32 = 0;        # shutdown / control generation
+const idxInbox :UInt32 = 1;          # capsule requests written to the inbox rings
+const idxOutbox :UInt32 = 2;         # capsule results written to the outbox rings
+const idxRegistry :UInt32 = 3;       # unit registry republished
+const idxDiagnostics :UInt32 = 4;    # diagnostics republished
+const idxAllocator :UInt32 = 5;      # allocator state changed
+const idxBoids :UInt32 = 6;          # boids frame flipped (ping-pong)
+const idxFirstDynamic :UInt32 = 16;  # indices >= this are handed out to units on request
+
+# --- region kinds ---
+const kindRing :UInt32 = 1;
+const kindMessage :UInt32 = 2;
+const kindDynamic :UInt32 = 3;
+const kindBlock :UInt32 = 4;
