@@ -191,6 +191,7 @@ class Method:
     cost: CostModel = "call"
     summary: str = ""
     needs_module: bool = False
+    inline_below: int = 0  # a "thread" method runs inline when its input is smaller than this
 
     def validate(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults filled in, every value coerced; unknown or missing params are errors."""
@@ -219,6 +220,7 @@ class Method:
         return {
             "name": self.name,
             "executor": self.executor,
+            "inline_below": self.inline_below,
             "deterministic": self.deterministic,
             "cost": self.cost,
             "params": [p.describe() for p in self.params],

@@ -67,8 +67,9 @@ const defaultArenaSize :UInt64 = 134217728;  # 128 MiB
 
 # --- epoch indices (one writer each) ---
 const idxControl :UInt32 = 0;        # shutdown / control generation
-const idxInbox :UInt32 = 1;          # capsule requests written to the inbox rings
-const idxOutbox :UInt32 = 2;         # capsule results written to the outbox rings
+const idxInbox :UInt32 = 1;          # capsule requests written to the inbox rings (engine writes)
+const idxOutbox :UInt32 = 8;         # results of worker lane i are published on idxOutbox + i
+const maxWorkerLanes :UInt32 = 8;    # so indices 8..15 belong to the worker lanes (one writer each)
 const idxRegistry :UInt32 = 3;       # unit registry republished
 const idxDiagnostics :UInt32 = 4;    # diagnostics republished
 const idxAllocator :UInt32 = 5;      # allocator state changed
@@ -80,3 +81,50 @@ const kindRing :UInt32 = 1;
 const kindMessage :UInt32 = 2;
 const kindDynamic :UInt32 = 3;
 const kindBlock :UInt32 = 4;
+
+# --- liveness: fcntl open-file-description (OFD) locks on single bytes ---
+# The owner holds a shared lock on byte hdrOwnerLock for as long as the arena is open, and each
+# subscriber holds one on the first byte of its process-table slot.  The kernel drops them when
+# the process dies, so "lock free" means "gone" even after the pid has been reused.
+const hdrOwnerLock :UInt32 = 192;
+
+# --- epoch lines (epochTableOffset + index * cacheLine) ---
+const epochValue :UInt32 = 0;          # UInt64 counter, one writer
+const epochName :UInt32 = 32;          # ASCII name, NUL padded, written once (fixed or reserved)
+const epochNameLen :UInt32 = 32;
+const noEpoch :UInt32 = 0xffffffff;    # region entry with no epoch index
+
+# --- message regions (seqlock): the header line, then the payload ---
+const msgSeq :UInt32 = 0;              # UInt64, odd while the writer copies
+const msgLength :UInt32 = 8;           # UInt64 payload bytes
+const msgHeaderSize :UInt32 = 64;      # the payload starts here (8-aligned for capnp)
+
+# --- ring lanes: the inbox and outbox regions are split into equal lanes ---
+const ringHead :UInt32 = 0;            # UInt64 bytes consumed, written by the consumer only
+const ringTail :UInt32 = 64;           # UInt64 bytes produced, written by the producer only
+const ringHeaderSize :UInt32 = 128;    # records follow: UInt64 length, payload, pad
+const ringRecordAlign :UInt32 = 8;
+
+# --- dynamic heap: the allocator's state, at the start of the dynamic region ---
+const heapFreeHead :UInt32 = 0;        # UInt64 heap offset of the first free block, 0 = none
+const heapUsedBytes :UInt32 = 8;       # UInt64 bytes in used blocks, headers included
+const heapUsedBlocks :UInt32 = 16;     # UInt64
+const heapCapacity :UInt32 = 24;       # UInt64 bytes of the heap, this header included
+const heapHeaderSize :UInt32 = 64;
+const blockHeaderSize :UInt32 = 64;    # each block: one line of metadata, then the payload
+const blkSize :UInt32 = 0;             # UInt64 bytes of the block, header included
+const blkTag :UInt32 = 8;              # UInt64 blockTagFree or blockTagUsed
+const blkNextFree :UInt32 = 16;        # UInt64 next free block (address order), 0 = last
+const blkLength :UInt32 = 24;          # UInt64 bytes asked for
+const blockTagFree :UInt64 = 0x45455246434f4c42;   # "BLOCFREE"
+const blockTagUsed :UInt64 = 0x44455355434f4c42;   # "BLOCUSED"
+
+# --- ping-pong blocks: descriptor line, two seq lines, then the two slots ---
+const ppDtype :UInt32 = 0;             # numpy dtype string, ASCII, NUL padded ("<f4")
+const ppDtypeLen :UInt32 = 16;
+const ppNdim :UInt32 = 16;             # UInt64
+const ppShape :UInt32 = 24;            # UInt64 x ppMaxDims
+const ppMaxDims :UInt32 = 5;
+const ppSeq0 :UInt32 = 64;             # UInt64 frame complete in slot 0 (0 while written)
+const ppSeq1 :UInt32 = 128;            # UInt64 frame complete in slot 1
+const ppHeaderSize :UInt32 = 192;      # slot 0 starts here, slot 1 one slot stride later

@@ -1,0 +1,157 @@
+"""The composition root of one node: arena, epoch watcher, engine, worker processes, unit actors.
+
+``LocalNode(config).open()`` is an async context manager that owns the node's root nursery:
+
+    open() ─► create arena ─► start EpochWatcher ─► start ProcessPool (workers attach)
+           ─► build Engine ─► start Supervisor(UnitActor per library) ─► publish registry
+           ─► yield node ─► (caller submits capsules) ─► cancel ─► workers stopped ─► arena unlinked
+
+``submit`` is the library proxy: inline methods run in the caller's task (no mailbox hop, the
+cheapest path); everything else goes through the owning unit's bounded mailbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from inos_node.actors.unit import Supervisor, UnitActor
+from inos_node.engine.engine import Engine, EngineConfig
+from inos_node.engine.spec import UnitContext
+from inos_node.errors import ConfigError
+from inos_node.types import JobRequest, JobResult
+from inos_node.units import load_libraries
+from inos_node.wire import registry as registry_codec
+from inos_node.wire.layout import layout_constants
+
+__all__ = ["LocalNode", "NodeConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    name: str = "inos"
+    arena_size: int = 0  # 0: the layout's default
+    arena_dir: str = "/dev/shm"
+    process_workers: int = 1
+    max_threads: int = 2
+    max_input_bytes: int = 256 * 1024 * 1024
+    shutdown_grace_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        lanes = layout_constants()["maxWorkerLanes"]
+        if not 0 <= self.process_workers <= lanes:
+            raise ConfigError(f"process_workers must be in 0..{lanes}, got {self.process_workers}", key="process_workers")
+        if self.arena_size and self.arena_size < layout_constants()["minArenaSize"]:
+            raise ConfigError(f"arena_size must be at least {layout_constants()['minArenaSize']} bytes",
+                              key="arena_size")
+
+
+class LocalNode:
+    def __init__(self, config: NodeConfig | None = None) -> None:
+        self.config = config or NodeConfig()
+        self.layout = layout_constants()
+        self.arena: Any = None
+        self.watcher: Any = None
+        self.engine: Engine = None  # type: ignore[assignment]
+        self.pool: Any = None
+        self.supervisor: Supervisor = None  # type: ignore[assignment]
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[LocalNode]:
+        from inos_node.arena import Arena, EpochWatcher, MessageRegion
+
+        cfg = self.config
+        size = cfg.arena_size or self.layout["defaultArenaSize"]
+        name = f"{cfg.name}-{os.getpid()}"
+        with Arena.create(name=name, size=size, directory=cfg.arena_dir) as arena:
+            self.arena = arena
+            async with trio.open_nursery() as nursery:
+                self.watcher = EpochWatcher(arena)
+                await nursery.start(self.watcher.run)
+                if cfg.process_workers:
+                    from inos_node.engine.workers import ProcessPool
+
+                    self.pool = ProcessPool(arena, self.watcher, cfg.process_workers, self.layout)
+                    await nursery.start(self.pool.run)
+                ctx = UnitContext(arena=arena, max_input_bytes=cfg.max_input_bytes)
+                libraries = load_libraries(ctx)
+                self.engine = Engine(
+                    ctx,
+                    libraries,
+                    EngineConfig(max_input_bytes=cfg.max_input_bytes, max_threads=cfg.max_threads,
+                                 process_workers=cfg.process_workers),
+                    process_pool=self.pool,
+                )
+                actors = [UnitActor(lib.name, self.engine.execute) for lib in libraries]
+                self.supervisor = Supervisor(actors, source=self.watcher)
+                await nursery.start(self.supervisor.run)
+                self._registry = MessageRegion(arena, "registry", self.layout["idxRegistry"])
+                self.publish_registry()
+                try:
+                    yield self
+                finally:
+                    arena.publish(self.layout["idxControl"])  # workers exit on a control-epoch change
+                    nursery.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------ registry
+    def publish_registry(self) -> None:
+        units = []
+        stats = {s["unit"]: s for s in self.supervisor.statistics()}
+        for lib in self.engine.libraries:
+            s = stats.get(lib.name, {})
+            units.append({"library": lib.name, "state": s.get("state", "running"),
+                          "restarts": s.get("restarts", 0), "methods": [m.describe() for m in lib.methods]})
+        self._registry.write(registry_codec.encode_registry(units, generation=self.arena.epoch(self.layout["idxRegistry"]) + 1))
+
+    def read_registry(self) -> list[dict[str, Any]]:
+        return registry_codec.decode_registry(self._registry.read())
+
+    # ------------------------------------------------------------------ submit
+    async def submit(self, name: str, data: Any = b"", params: dict[str, Any] | None = None, *,
+                     module: bytes | None = None, deadline_ms: int = 0) -> JobResult:
+        library, _, method = name.partition(".")
+        req = JobRequest(self.engine.new_job_id(), library, method, data, dict(params or {}), module=module,
+                         deadline_ms=deadline_ms)
+        return await self.execute(req)
+
+    async def execute(self, req: JobRequest) -> JobResult:
+        m = self.engine._methods.get(f"{req.library}.{req.method}")
+        actor = self.supervisor.actor(req.library)
+        if m is None or actor is None or m.executor == "inline" or _input_len(req.input) < m.inline_below:
+            return await self.engine.execute(req)
+        return await actor.submit(req)
+
+    def runtime_info(self) -> dict[str, Any]:
+        flags = _cpu_flags()
+        return {
+            "cores": os.cpu_count() or 1,
+            "arch": platform.machine(),
+            "avx2": "avx2" in flags,
+            "avx512": any(f.startswith("avx512") for f in flags),
+            "neon": platform.machine() in ("aarch64", "arm64"),
+            "arena_bytes": self.arena.size if self.arena else 0,
+        }
+
+
+def _input_len(payload: Any) -> int:
+    return payload.length if hasattr(payload, "length") else len(payload) if hasattr(payload, "__len__") else 0
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
