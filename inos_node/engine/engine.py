@@ -179,7 +179,7 @@ class Engine:
                 ),
                 error=str(exc),
                 retryable=bool(getattr(exc, "retryable", False)),
-                executor="local",
+                executor=getattr(exc, "executor", "local"),
             )
         if isinstance(out, Output):
             data, fuel, peak = out.data, out.fuel, out.peak_memory_bytes
@@ -264,3 +264,4 @@ class _WorkerFailure(CapsuleError):
         super().__init__(result.error or result.status.value)
         self.status = result.status.value
         self.retryable = result.retryable
+        self.executor = result.executor

@@ -64,6 +64,8 @@ def serve(name: str, directory: str, lane: int, lanes: int) -> int:
     waiter = BlockingWaiter(arena, (idx_in, idx_ctl))
     control = arena.epoch(idx_ctl)
     seen = arena.epoch(idx_in)
+    while inbox.try_get() is not None:  # requests left by a predecessor that died: their callers were failed
+        pass
     ready_fd = os.environ.get("INOS_READY_FD")
     if ready_fd:
         os.write(int(ready_fd), b"R")

@@ -49,6 +49,8 @@ class _Lane:
     started: trio.Event = field(default_factory=trio.Event)
     jobs: int = 0
     restarts: int = 0
+    ready: bool = False  # a live worker is attached and listening
+    parked: bool = True  # the lane is out of the free channel, waiting for its worker
 
 
 class ProcessPool:
@@ -93,8 +95,10 @@ class ProcessPool:
             try:
                 async with trio.lowlevel.FdStream(ready_r) as ready:
                     await ready.receive_some(1)  # the worker writes one byte once attached and listening
-                if not lane.started.is_set():
-                    lane.started.set()
+                lane.ready = True
+                lane.started.set()
+                if lane.parked:
+                    lane.parked = False
                     self._free_send.send_nowait(lane)
                 code = await proc.wait()
             finally:
@@ -103,6 +107,7 @@ class ProcessPool:
                         proc.kill()
                         with trio.move_on_after(2):
                             await proc.wait()
+            lane.ready = False
             lane.restarts += 1
             log.warning("worker process %d (lane %d) exited with %s; restarting", proc.pid, lane.index, code)
             self._fail_pending(lane, f"worker process {proc.pid} died (exit code {code}) while running the job")
@@ -161,6 +166,7 @@ class ProcessPool:
             if scope.cancelled_caught:
                 lane.pending = None
                 if lane.process is not None:
+                    lane.ready = False
                     lane.process.kill()  # a stuck worker is replaced; its late result is dropped
                 return JobResult(req.job_id, Status.TIMEOUT, error=f"{req.library}.{req.method} passed its "
                                  f"{deadline_ms} ms deadline in a worker process (worker restarted)",
@@ -169,7 +175,10 @@ class ProcessPool:
         finally:
             if block is not None:
                 self.arena.free(block)
-            self._free_send.send_nowait(lane)
+            if lane.ready:
+                self._free_send.send_nowait(lane)
+            else:
+                lane.parked = True  # back in the free channel once its new worker is ready
 
     def statistics(self) -> list[dict[str, Any]]:
         return [

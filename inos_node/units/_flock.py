@@ -19,15 +19,25 @@ One step (``step(state, out, params)``), for every boid *i*:
 
 Neighbour search (no all-pairs): the world is cut into ``G³`` cells, ``G = floor(world_size /
 perception_radius)`` (so a cell is at least one perception radius wide and every neighbour is in
-one of the 27 cells around a boid's own).  Boids are sorted by cell id (stable argsort), cell
-starts and counts come from a ``bincount`` table (or a ``searchsorted`` on the occupied cells
-when ``G³`` would be much larger than the flock).  Work is done per chunk of about
-``_CHUNK_BOIDS`` boids (whole cells): for the chunk's occupied cells the 27 neighbour cells'
-members form one candidate list per cell (positions already shifted by ±world_size where the
-neighbour cell wrapped, so no per-pair wrap arithmetic), every boid is paired with its cell's
-candidate list (a ragged ``repeat``/``arange`` expansion), pairs within the radius are kept
-(``flatnonzero``) and the per-boid sums are ``np.add.reduceat`` over the kept pairs (they are
-grouped by boid).  Memory is bounded by the chunk, not by N.
+one of the 27 cells around a boid's own).  Per step:
+
+1. cell ids (float64, exact for float32 positions), a stable ``argsort`` by cell id, and cell
+   starts/counts from a ``bincount`` table over the ``G³`` cells (or, when ``G³`` would be much
+   larger than the flock, a ``searchsorted`` over the occupied cells);
+2. each occupied cell's candidate count (its 27 neighbour cells' members, under the cap) by a
+   periodic 3x3x3 box sum over the count table;
+3. the occupied cells, sorted by candidate count, are cut into chunks of about
+   ``_CHUNK_PAIRS`` padded pairs.  A chunk gathers its cells' candidate lists (27 ``start,
+   length`` segments per cell, expanded with one ``repeat``/``arange``; the few cells on a face of
+   the world add ±world_size to the candidates that come through it, so no pair needs wrap
+   arithmetic), pads every list to the chunk's longest with +inf, and compares each member boid
+   with its cell's padded list as one dense ``(3, boids, width)`` block (a row gather and a
+   broadcast subtraction);
+4. pairs with ``0 < d² < r²`` are kept (``flatnonzero``; they come out grouped by boid) and the
+   per-boid sums are one ``np.add.reduceat`` over the kept pairs.
+
+Memory is bounded by the chunk, not by N; the big scratch arrays live in a ``Workspace`` reused
+from step to step (fresh megabyte arrays per chunk cost more in page faults than in arithmetic).
 
 **Cap** (``max_per_cell``, default 16): only the first ``max_per_cell`` boids of each cell
 (lowest index first, the stable sort's order) are *candidates* for other boids, so one boid looks
@@ -62,8 +72,8 @@ __all__ = [
 ]
 
 # Padded candidate pairs per chunk of the pair stage (whole cells; at least one cell).  A chunk's
-# float arrays are then about 1 MiB each, cache-sized on the 2 MiB-L2 machines measured.
-_CHUNK_PAIRS = 1 << 18
+# float arrays are then about 0.5 MiB each, cache-sized on the 2 MiB-L2 machine measured.
+_CHUNK_PAIRS = 1 << 17
 # Occupied cells per pass when counting candidates (bounds that pass's memory).
 _SEGMENT_CELLS = 1 << 15
 # Use a dense G³ count table while it is at most this many times the flock size (plus a floor).
@@ -262,8 +272,8 @@ def _segments(grid: _Grid, cells: np.ndarray, params: FlockParams) -> _Segments:
     g = grid_size(params)
     nc = cells.shape[0]
     lin_offs = ((_OFFS[:, None, None] * g + _OFFS[None, :, None]) * g + _OFFS[None, None, :]).reshape(-1)
-    ids = grid.ucell[cells, None] + lin_offs  # right for every cell not on a face
-    coord = grid.ucoord[:, cells]
+    ids = np.take(grid.ucell, cells)[:, None] + lin_offs  # right for every cell not on a face
+    coord = np.take(grid.ucoord, cells, axis=1)
     edge = np.flatnonzero(((coord == 0) | (coord == g - 1)).any(axis=0))
     world = np.float32(params.world_size)
     shift = np.zeros((3, edge.shape[0], 3, 3, 3), np.float32)
