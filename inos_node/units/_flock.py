@@ -200,12 +200,14 @@ def _build_grid(state: np.ndarray, params: FlockParams) -> _Grid:
     first_idx = np.flatnonzero(is_first)
     first = np.append(first_idx, n)
     ucell = lin_s[first_idx]
-    ucoord = coord[:, order[first_idx]]
+    ucoord = np.take(coord, order[first_idx], axis=1)
     table_count = table_start = None
     if g**3 <= _TABLE_FACTOR * n + _TABLE_FLOOR:
         table_count = np.bincount(lin_s, minlength=g**3)
         table_start = np.cumsum(table_count) - table_count
-    return _Grid(order, state[:3, order], state[3:, order], first, ucell, ucoord, table_count, table_start)
+    pos = np.take(state[:3], order, axis=1)
+    vel = np.take(state[3:], order, axis=1)
+    return _Grid(order, pos, vel, first, ucell, ucoord, table_count, table_start)
 
 
 def _ragged_arange(starts: np.ndarray, lengths: np.ndarray, total: int) -> np.ndarray:
@@ -381,7 +383,7 @@ def _chunks(grid: _Grid, params: FlockParams, ws: Workspace) -> Iterator[_Chunk]
             pad[k][slot] = cpos[k]
         d = ws.get("d", (3, nb, width))
         np.take(pad.reshape(3, nc, width), np.repeat(np.arange(nc), n_members), axis=1, out=d)
-        d -= grid.pos[:, boids, None]
+        d -= np.take(grid.pos, boids, axis=1)[:, :, None]
         d2 = ws.get("d2", (nb, width))
         tmp = ws.get("tmp", (nb, width))
         np.multiply(d[0], d[0], out=d2)
@@ -419,10 +421,10 @@ def _accelerations_sorted(grid: _Grid, params: FlockParams, ws: Workspace) -> tu
         has = cnt > 0
         m = ch.sel.shape[0]
         neighbours += m
-        vi = grid.vel[:, ch.boids]
         if m == 0:
-            acc[:, ch.boids] = -wali * vi * has
+            acc[:, ch.boids] = 0
             continue
+        vi = np.take(grid.vel, ch.boids, axis=1)
         # rows 0-2: separation terms, 3-5: displacements, 6-8: neighbour velocities
         vals = ws.get("vals", (9, m))
         np.take(ch.d.reshape(3, -1), ch.sel, axis=1, out=vals[3:6])
@@ -439,7 +441,8 @@ def _accelerations_sorted(grid: _Grid, params: FlockParams, ws: Workspace) -> tu
         a = wcoh * (sums[3:6] * inv)
         a += wali * (sums[6:9] * inv - vi * has)
         a -= wsep * sums[0:3]
-        acc[:, ch.boids] = a
+        for k in range(3):  # (row by row: numpy's mixed slice/fancy assignment is slow)
+            acc[k][ch.boids] = a[k]
     return acc, StepStats(neighbours, close)
 
 
@@ -473,6 +476,8 @@ def step(
 ) -> StepStats:
     """Advance ``state`` by one ``dt`` into ``out`` (both ``(6, N)`` float32; must not overlap).
 
+    Positions must lie in ``[0, world_size)`` (``init_state`` and every step keep them there).
+
     Pass the same ``workspace`` to every step of a flock to reuse its scratch memory.
     """
     _check_state(state)
@@ -487,7 +492,8 @@ def step(
     acc_sorted, stats = _accelerations_sorted(grid, params, workspace or Workspace())
     dt = np.float32(params.dt)
     v = out[3:]
-    v[:, grid.order] = acc_sorted  # back to the state's order
+    for k in range(3):  # back to the state's order
+        v[k][grid.order] = acc_sorted[k]
     v *= dt
     v += state[3:]
     speed = np.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])

@@ -94,10 +94,23 @@ _set_deadline_callback = _quick(
     "wasmtime_store_epoch_deadline_callback", None, c_void_p, DeadlineCallback, c_void_p, c_void_p
 )
 _instance_new = _proto(
-    "wasmtime_instance_new", c_void_p, c_void_p, c_void_p, c_void_p, c_size_t, POINTER(_InstanceT), POINTER(c_void_p)
+    "wasmtime_instance_new",
+    c_void_p,
+    c_void_p,
+    c_void_p,
+    c_void_p,
+    c_size_t,
+    POINTER(_InstanceT),
+    POINTER(c_void_p),
 )
 _export_get = _quick(
-    "wasmtime_instance_export_get", c_bool, c_void_p, POINTER(_InstanceT), c_char_p, c_size_t, POINTER(_Extern)
+    "wasmtime_instance_export_get",
+    c_bool,
+    c_void_p,
+    POINTER(_InstanceT),
+    c_char_p,
+    c_size_t,
+    POINTER(_Extern),
 )
 _call = _proto(
     "wasmtime_func_call_unchecked",
@@ -111,6 +124,13 @@ _call = _proto(
 _memory_data = _quick("wasmtime_memory_data", c_void_p, c_void_p, POINTER(_MemoryT))
 _memory_size = _quick("wasmtime_memory_data_size", c_size_t, c_void_p, POINTER(_MemoryT))
 _error_new = _proto("wasmtime_error_new", c_void_p, c_char_p)
+
+# A writable memoryview over C memory, without creating a ctypes array type per length (ctypes
+# caches every ``c_ubyte * n`` type it makes, forever: one per distinct input size would leak).
+_memoryview_at = ctypes.pythonapi.PyMemoryView_FromMemory
+_memoryview_at.restype = ctypes.py_object
+_memoryview_at.argtypes = (c_void_p, ctypes.c_ssize_t, ctypes.c_int)
+_PYBUF_WRITE = 0x200
 
 # Limits besides memory (instances, memories, tables, table elements): a capsule is one module
 # with one exported memory.  A second memory would escape the per-memory byte cap, and a table
@@ -206,7 +226,8 @@ class _Run:
                 return CapsuleTimeout(
                     f"{self.label} was interrupted in {stage}", deadline_s=self.deadline.seconds
                 )
-            return CapsuleFailed(f"{self.label} trapped in {stage}: {_reason(trap_obj.message)}{self._memory_hint(wanted)}")
+            reason = _reason(trap_obj.message)
+            return CapsuleFailed(f"{self.label} trapped in {stage}: {reason}{self._memory_hint(wanted)}")
         detail = _reason(str(error)) if error is not None else "unknown error"
         return CapsuleFailed(f"{self.label} failed in {stage}: {detail}{self._memory_hint(wanted)}")
 
@@ -269,7 +290,8 @@ def invoke(
     Args:
         engine, module: C addresses (``address_of``) of the shared engine and a module admitted by
             ``wasm.py``'s checks; the caller keeps both alive during the call.
-        data: the input (any contiguous byte buffer; copied into the capsule's memory).
+        data: the input (a C-contiguous buffer; copied into the capsule's memory).  The caller
+            has checked that it and the params fit under ``memory_limit`` (so below 4 GiB).
         params: the params JSON, UTF-8.
         seconds: wall-clock budget, enforced through ``ticker`` and ``callback``.
         label: how messages name the capsule.
@@ -311,12 +333,12 @@ def invoke(
         args = _RawArgs()
         in_len = len(data) if isinstance(data, bytes) else data.nbytes
         p_len = len(params)
-        args[0].i32 = in_len
+        args[0].i32 = _i32(in_len)
         err = _call(ctx, byref(alloc.of.func), args, 4, byref(trap))
         if err or trap:
             raise run.fault(f"alloc({in_len}) for the input", err, trap.value, in_len)
         in_ptr = args[0].i32 & _U32
-        args[0].i32 = p_len
+        args[0].i32 = _i32(p_len)
         err = _call(ctx, byref(alloc.of.func), args, 4, byref(trap))
         if err or trap:
             raise run.fault(f"alloc({p_len}) for the params", err, trap.value, p_len)
@@ -325,18 +347,16 @@ def invoke(
         run.check_span("input buffer from alloc", in_ptr, in_len)
         base = run.check_span("params buffer from alloc", p_ptr, p_len)
         if in_len:
-            if isinstance(data, bytes):
-                ctypes.memmove(base + in_ptr, data, in_len)
-            else:
-                dst = memoryview((ctypes.c_ubyte * in_len).from_address(base + in_ptr)).cast("B")
-                dst[:] = data if data.format == "B" and data.ndim == 1 else data.cast("B")
+            if isinstance(data, memoryview) and (data.format != "B" or data.ndim != 1):
+                data = data.cast("B")
+            _memoryview_at(base + in_ptr, in_len, _PYBUF_WRITE)[:] = data
         if p_len:
-            ctypes.memmove(base + p_ptr, params, p_len)
+            _memoryview_at(base + p_ptr, p_len, _PYBUF_WRITE)[:] = params
 
         args[0].i32 = _i32(in_ptr)
-        args[1].i32 = in_len
+        args[1].i32 = _i32(in_len)
         args[2].i32 = _i32(p_ptr)
-        args[3].i32 = p_len
+        args[3].i32 = _i32(p_len)
         err = _call(ctx, byref(main.of.func), args, 4, byref(trap))
         if err or trap:
             raise run.fault("run", err, trap.value)

@@ -40,12 +40,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 
 __all__ = ["Deadline", "EpochTicker"]
+
+log = logging.getLogger(__name__)
 
 # Cancelled entries tolerated in the heap beyond the live ones before it is rebuilt.
 _COMPACT_SLACK = 256
@@ -143,6 +146,10 @@ class EpochTicker:
                         fired = True
                 if fired:
                     self.epochs += 1
-                    self._increment()
+                    try:
+                        self._increment()
+                    except Exception:  # policy: log and keep ticking; a dead ticker would
+                        # leave every later capsule bound by fuel alone
+                        log.exception("wasm epoch increment failed")
                 self._target = heap[0].when if heap else math.inf
                 self._cond.wait(None if self._target == math.inf else self._target - now)

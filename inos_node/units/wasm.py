@@ -28,7 +28,8 @@ What each failure is
   before instantiation;
 * export missing or of the wrong kind or signature: ``InvalidParams`` naming each export and the
   type the ABI needs;
-* initial memory over ``max_memory_mb``: ``BudgetExceeded(kind="memory")``;
+* initial memory over ``max_memory_mb``, or input and params that could not fit under it:
+  ``BudgetExceeded(kind="memory")``;
 * fuel ran out: ``BudgetExceeded(kind="fuel", used=limit, limit=limit)``, saying how much;
 * deadline passed: ``CapsuleTimeout``;
 * a trap (``unreachable``, out-of-bounds access, ...): ``CapsuleFailed`` naming the stage
@@ -65,8 +66,16 @@ wasmtime version and engine settings.  Rules for the disk cache, because deseria
 loading native code: only files this user wrote are read (a private 0700 directory, regular
 0600 files owned by us, opened without following links), every file carries the module digest
 and a BLAKE3 checksum of its payload that are checked before ``Module.deserialize``, files are
-written atomically (temporary file + ``os.replace``), and a file that fails any check is deleted
-and the module recompiled.  At most ``DISK_CAPACITY`` files are kept (oldest removed first).
+written atomically (temporary file + ``os.replace``).  A damaged or stale file is deleted, one
+that is not private is ignored; either way the module is recompiled and the file rewritten.  At
+most ``DISK_CAPACITY`` files are kept (oldest removed first).
+
+Processes
+---------
+Everything above is per process and built on first use.  A process forked from one that had
+already used the unit builds its own (the parent's ticker thread does not exist in the child),
+and compiles on the calling thread there: wasmtime's parallel compilation uses a process-wide
+thread pool whose threads a forked child does not have.
 
 Rules this module lives by:
 
@@ -135,9 +144,15 @@ def module_digest(data: bytes | bytearray | memoryview) -> str:
 # -- the per-process runtime ------------------------------------------------------------------
 
 
-def _engine_config() -> tuple[wasmtime.Config, str]:
-    """The engine settings, and a text naming them (part of the disk-cache key)."""
+def _engine_config(parallel_compilation: bool = True) -> tuple[wasmtime.Config, str]:
+    """The engine settings, and a text naming those that shape compiled code (disk-cache key).
+
+    ``parallel_compilation`` uses wasmtime's process-wide thread pool, which a forked child
+    inherits without its threads: compiling there would wait forever (seen), so a runtime built
+    after a fork compiles on the calling thread.
+    """
     cfg = wasmtime.Config()
+    cfg.parallel_compilation = parallel_compilation
     settings: dict[str, bool] = {
         "consume_fuel": True,
         "epoch_interruption": True,
@@ -149,12 +164,11 @@ def _engine_config() -> tuple[wasmtime.Config, str]:
     }
     applied = []
     for name, value in settings.items():
-        try:
-            setattr(cfg, name, value)
-        except AttributeError:  # an older wasmtime without this knob
+        if not hasattr(type(cfg), name):  # a wasmtime without this knob
             if name in ("consume_fuel", "epoch_interruption"):
-                raise
+                raise ImportError(f"wasmtime {_wasmtime_version()} lacks Config.{name}, which wasm.run needs")
             continue
+        setattr(cfg, name, value)
         applied.append(f"{name}={value}")
     return cfg, ";".join(applied)
 
@@ -162,8 +176,8 @@ def _engine_config() -> tuple[wasmtime.Config, str]:
 class _Runtime:
     """What one process shares between calls: the engine, the deadline ticker, the module cache."""
 
-    def __init__(self) -> None:
-        cfg, settings = _engine_config()
+    def __init__(self, parallel_compilation: bool = True) -> None:
+        cfg, settings = _engine_config(parallel_compilation)
         self.engine = wasmtime.Engine(cfg)
         self.engine_address = _wasm_ffi.address_of(self.engine)
         self.ticker = EpochTicker(self.engine.increment_epoch)
@@ -178,18 +192,13 @@ _RUNTIME_LOCK = threading.Lock()
 
 
 def _runtime() -> _Runtime:
+    global _RUNTIME
     rt = _RUNTIME
     if rt is None:
         with _RUNTIME_LOCK:
+            if _RUNTIME is None:
+                _RUNTIME = _Runtime(parallel_compilation=not _FORKED_AWAY)
             rt = _RUNTIME
-            if rt is None:
-                rt = _set_runtime(_Runtime())
-    return rt
-
-
-def _set_runtime(rt: _Runtime | None) -> Any:
-    global _RUNTIME
-    _RUNTIME = rt
     return rt
 
 
@@ -197,12 +206,13 @@ def _after_fork_in_child() -> None:
     # The child has no ticker thread and must not share an engine with its parent: it builds its
     # own runtime on first use.  The parent's is kept referenced, never dropped: tearing down a
     # wasmtime engine copied in mid-flight by fork is not something to do on purpose.
-    if _RUNTIME is not None:
-        _FORKED_AWAY.append(_RUNTIME)
-    _set_runtime(None)
+    global _RUNTIME, _RUNTIME_LOCK
+    _FORKED_AWAY.append(_RUNTIME)
+    _RUNTIME = None
+    _RUNTIME_LOCK = threading.Lock()  # in case the fork happened while another thread held it
 
 
-_FORKED_AWAY: list[_Runtime] = []
+_FORKED_AWAY: list[_Runtime | None] = []  # non-empty in a process forked from another
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
@@ -520,7 +530,9 @@ def _encode_params(extra: Any) -> bytes:
             _json({str(key): value})
         except (TypeError, ValueError) as exc:
             raise InvalidParams(
-                f"capsule param {key!r} cannot be encoded as JSON: {exc}", param=str(key), allowed="a JSON value"
+                f"capsule param {key!r} cannot be encoded as JSON: {exc}",
+                param=str(key),
+                allowed="a JSON value",
             ) from None
     raise InvalidParams("capsule params cannot be encoded as JSON (mixed key types?)", param="_extra")
 
@@ -562,6 +574,15 @@ def run_capsule(call: Call) -> Output:
             used=capsule.initial_memory_bytes,
             limit=memory_limit,
         )
+    needed = call.input.nbytes + len(params)
+    if needed > memory_limit:
+        raise BudgetExceeded(
+            f"{label}: the input and params ({needed} bytes) cannot fit under the max_memory_mb cap of "
+            f"{p['max_memory_mb']} MiB",
+            kind="memory",
+            used=needed,
+            limit=memory_limit,
+        )
     if seconds <= 0:
         raise CapsuleTimeout(f"{label}: no time left before its deadline", deadline_s=max(seconds, 0.0))
     result = _wasm_ffi.invoke(
@@ -588,7 +609,9 @@ _PARAMS = (
         maximum=MAX_FUEL,
         doc="fuel budget (deterministic instruction metering); the fuel used is the cost",
     ),
-    Param("max_memory_mb", "int", default=256, minimum=1, maximum=4096, doc="cap on the capsule's linear memory"),
+    Param(
+        "max_memory_mb", "int", default=256, minimum=1, maximum=4096, doc="cap on the capsule's linear memory"
+    ),
     Param(
         "timeout_ms",
         "int",

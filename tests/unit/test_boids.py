@@ -12,7 +12,7 @@ import pytest
 
 from inos_node.arena import Arena, PingPong
 from inos_node.engine.spec import Call, Library, Method, UnitContext
-from inos_node.errors import InvalidParams
+from inos_node.errors import CapsuleTimeout, InvalidParams
 from inos_node.units import _flock, boids
 from inos_node.units._flock import FlockParams
 from inos_node.wire.layout import layout_constants
@@ -298,7 +298,7 @@ def test_library_shape() -> None:
     lib, _ = _lib(None)
     methods = {m.name: m for m in lib.methods}
     assert set(methods) == {"boids.step", "boids.snapshot", "boids.evolve"}
-    assert methods["boids.step"].executor == "inline"
+    assert methods["boids.step"].executor == "thread"
     assert methods["boids.snapshot"].executor == "inline"
     assert methods["boids.evolve"].executor == "process"
     assert all(m.cost == "call" for m in lib.methods)
@@ -478,7 +478,7 @@ async def test_through_the_engine(arena: Arena) -> None:
     engine = Engine(ctx, [boids.make(ctx)])
     res = await engine.call("boids.step", b"", {"count": 200, "steps": 3, "seed": 2})
     assert res.ok, res.error
-    assert (res.executor, res.cost) == ("inline", 1)
+    assert (res.executor, res.cost) == ("thread", 1)
     snap = await engine.call("boids.snapshot")
     assert snap.ok
     assert bytes(snap.output) == bytes(res.output)  # type: ignore[arg-type]
@@ -491,3 +491,22 @@ async def test_through_the_engine(arena: Arena) -> None:
     evo = await engine.call("boids.evolve", b"", {"population": 3, "generations": 2, "count": 40, "steps": 4})
     assert evo.ok, evo.error
     assert set(json.loads(bytes(evo.output))) == {"best", "fitness", "history", "evaluations"}  # type: ignore[arg-type]
+
+
+def test_deadlines_stop_long_calls_between_steps(arena: Arena) -> None:
+    lib, ctx = _lib(arena)
+    step = lib.method("step")
+    assert step is not None
+    before = arena.epoch(IDX_BOIDS)
+    call = Call(memoryview(b""), step.validate({"count": 2000, "steps": 100_000}), ctx, deadline_s=0.0)
+    with pytest.raises(CapsuleTimeout, match="0 ms deadline after") as info:
+        step.fn(call)
+    done = int(str(info.value).split(" after ")[1].split(" of ")[0])
+    assert done >= 1
+    assert arena.epoch(IDX_BOIDS) == before + done  # what was committed stays published
+    assert len(_call(lib, ctx, "snapshot")) == 6 * 4 * 2000
+    evolve = lib.method("evolve")
+    assert evolve is not None
+    params = evolve.validate({"population": 256, "generations": 1000, "count": 32, "steps": 2})
+    with pytest.raises(CapsuleTimeout, match="boids.evolve passed its 0 ms deadline"):
+        evolve.fn(Call(memoryview(b""), params, ctx, deadline_s=0.0))

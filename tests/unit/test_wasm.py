@@ -7,6 +7,8 @@ with params shaped as the engine shapes them (validated own params plus ``_extra
 from __future__ import annotations
 
 import os
+import select
+import signal
 import stat
 import struct
 import threading
@@ -26,10 +28,18 @@ from inos_node.units._wasm_ticker import EpochTicker
 CAPSULES = Path(__file__).resolve().parents[1] / "capsules"
 METHOD: Method = wasm.make(UnitContext()).methods[0]
 ABI_RUN = "(i32, i32, i32, i32) -> i64"
+# Pieces of minimal modules for the ABI checks.
+MEMORY = '(memory (export "memory") 1)'
+ALLOC0 = '(func (export "alloc") (param i32) (result i32) (i32.const 0))'
+RUN0 = '(func (export "run") (param i32 i32 i32 i32) (result i64) (i64.const 0))'
 
 
 def capsule(name: str) -> bytes:
     return (CAPSULES / name).read_bytes()
+
+
+def module_of(*parts: str) -> bytes:
+    return f"(module {' '.join(parts)})".encode()
 
 
 def fresh(name: str) -> bytes:
@@ -307,13 +317,11 @@ def test_start_function_is_metered_and_deadline_bound_too() -> None:
 
 
 def test_trap_in_alloc_names_the_stage() -> None:
-    wat = (
-        '(module (memory (export "memory") 1) '
-        '(func (export "alloc") (param i32) (result i32) (i32.div_u (i32.const 1) (i32.const 0))) '
-        '(func (export "run") (param i32 i32 i32 i32) (result i64) (i64.const 0)))'
+    divide_by_zero = (
+        '(func (export "alloc") (param i32) (result i32) (i32.div_u (i32.const 1) (i32.const 0)))'
     )
     with pytest.raises(CapsuleFailed, match=r"trapped in alloc\(5\) for the input: .*divide by zero"):
-        run(wat.encode(), b"hello")
+        run(module_of(MEMORY, divide_by_zero, RUN0), b"hello")
 
 
 def test_bad_export_signature_names_the_export() -> None:
@@ -326,29 +334,23 @@ def test_bad_export_signature_names_the_export() -> None:
 
 
 @pytest.mark.parametrize(
-    ("wat", "named"),
+    ("parts", "named"),
     [
-        ('(module (memory (export "memory") 1) (func (export "run") (param i32 i32 i32 i32) (result i64) '
-         "(i64.const 0)))", "alloc"),
-        ('(module (memory 1) (func (export "alloc") (param i32) (result i32) (i32.const 0)))', "memory, run"),
-        ('(module (memory (export "mem") 1) (func (export "alloc") (param i32) (result i32) (i32.const 0)) '
-         '(func (export "run") (param i32 i32 i32 i32) (result i64) (i64.const 0)))', "memory"),
+        ((MEMORY, RUN0), "alloc"),
+        (("(memory 1)", ALLOC0), "memory, run"),
+        (('(memory (export "mem") 1)', ALLOC0, RUN0), "memory"),
     ],
 )
-def test_missing_exports_are_named(wat: str, named: str) -> None:
+def test_missing_exports_are_named(parts: tuple[str, ...], named: str) -> None:
     with pytest.raises(InvalidParams) as info:
-        run(wat.encode())
+        run(module_of(*parts))
     assert f"missing the export(s) {named};" in str(info.value)
 
 
 def test_export_of_the_wrong_kind() -> None:
-    wat = (
-        '(module (memory 1) (global (export "memory") i32 (i32.const 0)) '
-        '(func (export "alloc") (param i32) (result i32) (i32.const 0)) '
-        '(func (export "run") (param i32 i32 i32 i32) (result i64) (i64.const 0)))'
-    )
+    global_named_memory = '(memory 1) (global (export "memory") i32 (i32.const 0))'
     with pytest.raises(InvalidParams, match="'memory' is a global, not a memory"):
-        run(wat.encode())
+        run(module_of(global_named_memory, ALLOC0, RUN0))
 
 
 def test_imports_are_refused_before_instantiation() -> None:
@@ -367,13 +369,10 @@ def test_output_past_the_end_of_memory() -> None:
 
 
 def test_alloc_returning_a_pointer_past_memory() -> None:
-    wat = (
-        '(module (memory (export "memory") 1 1) '
-        '(func (export "alloc") (param i32) (result i32) (i32.const -16)) '
-        '(func (export "run") (param i32 i32 i32 i32) (result i64) (i64.const 0)))'
-    )
-    with pytest.raises(CapsuleFailed, match=r"input buffer from alloc \[4294967280, 4294967285\) is out of bounds"):
-        run(wat.encode(), b"hello")
+    near_the_top = '(func (export "alloc") (param i32) (result i32) (i32.const -16))'
+    span = r"input buffer from alloc \[4294967280, 4294967285\) is out of bounds"
+    with pytest.raises(CapsuleFailed, match=span):
+        run(module_of(MEMORY, near_the_top, RUN0), b"hello")
 
 
 def test_memory_grow_past_the_cap_returns_minus_one_inside_the_capsule() -> None:
@@ -387,9 +386,9 @@ def test_memory_grow_past_the_cap_returns_minus_one_inside_the_capsule() -> None
 
 def test_allocator_that_traps_on_a_refused_grow_is_told_about_the_cap() -> None:
     with pytest.raises(CapsuleFailed) as info:
-        run(capsule("echo.wat"), b"x" * (2 * 1024 * 1024), max_memory_mb=1)
+        run(capsule("echo.wat"), b"x" * (1024 * 1024 - 100), max_memory_mb=1)
     message = str(info.value)
-    assert "trapped in alloc(2097152) for the input" in message
+    assert "trapped in alloc(1048476) for the input" in message
     assert "max_memory_mb" in message
 
 
@@ -404,6 +403,19 @@ def test_initial_memory_over_the_cap() -> None:
     assert exc.limit == 1024 * 1024
     assert "max_memory_mb" in str(exc)
     assert exc.status == "budgetExceeded"
+
+
+def test_input_that_cannot_fit_under_the_cap_is_refused_before_running() -> None:
+    with pytest.raises(BudgetExceeded) as info:
+        run(capsule("echo.wat"), b"x" * (1024 * 1024), max_memory_mb=1)
+    assert info.value.kind == "memory"
+    assert info.value.used == 1024 * 1024 + 2  # the input and "{}"
+    assert "cannot fit" in str(info.value)
+
+
+def test_input_in_any_contiguous_buffer_format() -> None:
+    words = memoryview(bytearray(b"abcdefgh")).cast("I")  # format "I", 2 items of 4 bytes
+    assert bytes(run(capsule("echo.wat"), words).data) == b"abcdefgh"
 
 
 def test_no_state_survives_between_calls() -> None:
@@ -513,6 +525,36 @@ def test_disk_cache_in_an_unusable_directory_only_loses_the_cache(tmp_path: Path
     cache = wasm.new_cache()
     assert cache.load(fresh("echo.wat"), str(blocker)) is not None  # <file>/wasm cannot be made
     assert (cache.compiles, cache.disk_writes) == (1, 0)
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_builds_its_own_runtime() -> None:
+    """Compiling in a forked child must not wait on the parent's (absent) compile threads."""
+    run(capsule("reverse.wat"), b"parent")  # the parent's runtime exists and has compiled
+    module = fresh("reverse.wat")  # so the child must compile
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, never return into pytest
+        code = 1
+        try:
+            os.write(w, bytes(run(module, b"child").data))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        ready, _, _ = select.select([r], [], [], 30)
+        got = os.read(r, 100) if ready else b"(child hung)"
+    finally:
+        os.close(r)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    assert got == b"dlihc"
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 # -- the ticker -------------------------------------------------------------------------------
