@@ -126,7 +126,7 @@ class LocalNode:
     async def execute(self, req: JobRequest) -> JobResult:
         m = self.engine._methods.get(f"{req.library}.{req.method}")
         actor = self.supervisor.actor(req.library)
-        if m is None or actor is None or m.executor == "inline" or _input_len(req.input) < m.inline_below:
+        if m is None or actor is None or m.runs_inline(_input_len(req.input), req.params):
             return await self.engine.execute(req)
         return await actor.submit(req)
 

@@ -13,7 +13,8 @@ Keys (microseconds unless the name says otherwise):
   blake3_raw_gbps             baseline: blake3 over the same region, same thread settings
   brotli_engine_mbps          compute.brotli_compress q5 through the engine, 16 MiB arena region
   brotli_raw_mbps             baseline: brotli.compress over the same region
-  wasm_trivial_p50_us         wasm.run of a cached echo module, 8-byte input
+  wasm_trivial_p50_us         wasm.run of a cached echo module, 8-byte input, fuel 100k (runs inline)
+  wasm_trivial_default_fuel_thread_p50_us   the same with the default 1e9 fuel (runs on a thread)
   boids_10k_steps_per_s       boids.step through the engine, 10k boids (and 50k)
   idle_cpu_percent            a node with 100 subscribed unit actors, idle for 5 s (node + workers)
   ray_task_rtt_p50_us         with --with-ray: ray.get(f.remote()) in a loopback-only namespace
@@ -101,7 +102,12 @@ async def _bench_engine(report: dict[str, Any], quick: bool, progress: Callable[
 
         module = _capsules.ECHO_WAT.encode()
         await engine.call("wasm.run", b"warm", module=module)
+        # A capsule whose fuel budget bounds it under ~1 ms runs inline; with the default budget
+        # (1e9 fuel, seconds of work) it runs on a thread. Both are reported.
         report["wasm_trivial_p50_us"] = _p50(
+            await _timed(lambda: engine.call("wasm.run", b"12345678", {"fuel": 100_000}, module=module), n // 10)
+        )
+        report["wasm_trivial_default_fuel_thread_p50_us"] = _p50(
             await _timed(lambda: engine.call("wasm.run", b"12345678", module=module), n // 10)
         )
 

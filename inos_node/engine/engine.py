@@ -236,7 +236,7 @@ class Engine:
     async def _run(
         self, method: Method, call: Call, req: JobRequest, deadline_ms: int
     ) -> tuple[bytes | bytearray | memoryview | Output, str]:
-        if method.executor == "inline" or len(call.input) < method.inline_below:
+        if method.runs_inline(len(call.input), call.params):
             return method.fn(call), "inline"
         if method.executor == "thread":
             with trio.move_on_after(deadline_ms / 1000.0) as scope:

@@ -192,6 +192,14 @@ class Method:
     summary: str = ""
     needs_module: bool = False
     inline_below: int = 0  # a "thread" method runs inline when its input is smaller than this
+    # A "thread" method also runs inline when this says the call is bounded to be tiny (e.g. a
+    # WASM capsule whose fuel budget caps it well under a millisecond).
+    inline_if: Callable[[dict[str, Any]], bool] | None = None
+
+    def runs_inline(self, input_len: int, params: dict[str, Any]) -> bool:
+        if self.executor == "inline" or input_len < self.inline_below:
+            return True
+        return self.inline_if is not None and self.inline_if(params)
 
     def validate(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults filled in, every value coerced; unknown or missing params are errors."""

@@ -165,3 +165,23 @@ async def test_a_unit_bug_fails_the_job_not_the_engine():
     assert res.status is Status.FAILED
     assert "m.mut raised TypeError" in res.error
     assert data == b"abc"
+
+
+async def test_inline_if_lets_a_bounded_call_skip_the_thread_hop():
+    lib = Library("b", (Method("b.where", _thread_name, "thread", params=(Param("fuel", "int", 10**9),),
+                               inline_if=lambda p: p["fuel"] <= 1000),))
+    e = Engine(UnitContext(), [lib])
+    assert (await e.call("b.where", b"x", {"fuel": 500})).executor == "inline"
+    assert (await e.call("b.where", b"x")).executor == "thread"
+
+
+async def test_wasm_with_a_small_fuel_budget_runs_inline(capsules):
+    from inos_node.local import build_engine
+
+    e = build_engine()
+    module = (capsules / "echo.wat").read_bytes()
+    small = await e.call("wasm.run", b"hi", {"fuel": 100_000}, module=module)
+    big = await e.call("wasm.run", b"hi", module=module)
+    assert small.ok and big.ok and bytes(small.output) == bytes(big.output) == b"hi"
+    assert (small.executor, big.executor) == ("inline", "thread")
+    assert small.cost == big.cost == small.metrics.fuel > 0, "same fuel either way: metering is deterministic"
