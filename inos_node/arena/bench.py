@@ -80,17 +80,23 @@ async def measure_epoch_wake_inproc(n: int = 2000, *, directory: str = "/dev/shm
 async def _inproc_epoch(arena: Arena, watcher: EpochWatcher, index: int, gaps: list[float]) -> list[int]:
     out: list[int] = []
     stamp = [0]
+    progress = _Progress()
 
     async def subscriber(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         seen = arena.epoch(index)
+        target = seen + len(gaps)
         task_status.started()
-        for _ in gaps:
-            seen = await watcher.wait(index, seen)
-            out.append(time.perf_counter_ns() - stamp[0])
+        while seen < target:
+            value = await watcher.wait(index, seen)
+            if value == seen + 1:
+                out.append(time.perf_counter_ns() - stamp[0])
+            seen = value
+            progress.advance()
 
     async with trio.open_nursery() as nursery:
         await nursery.start(subscriber)
-        for gap in gaps:
+        for k, gap in enumerate(gaps):
+            await progress.wait_for(k)  # the subscriber is back in wait() before the gap starts
             await trio.sleep(gap)
             stamp[0] = time.perf_counter_ns()
             arena.publish(index)
@@ -101,21 +107,44 @@ async def _inproc_event(gaps: list[float]) -> list[int]:
     out: list[int] = []
     stamp = [0]
     current = [trio.Event()]
+    progress = _Progress()
 
     async def waiter(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         for _ in gaps:
             await current[0].wait()
             out.append(time.perf_counter_ns() - stamp[0])
+            progress.advance()
 
     async with trio.open_nursery() as nursery:
         await nursery.start(waiter)
-        for gap in gaps:
+        for k, gap in enumerate(gaps):
+            await progress.wait_for(k)
             await trio.sleep(gap)
             event, current[0] = current[0], trio.Event()
             stamp[0] = time.perf_counter_ns()
             event.set()
     return out
+
+
+class _Progress:
+    """How many events the waiter has handled, so the publisher never runs ahead of it.
+
+    trio shuffles the tasks of one scheduler batch, so on a loaded machine the publisher's next
+    timer can fire before the woken waiter ran; without this the waiter would miss events.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def advance(self) -> None:
+        self.count += 1
+        self._lot.unpark_all()
+
+    async def wait_for(self, count: int) -> None:
+        while self.count < count:
+            await self._lot.park()
 
 
 # ---------------------------------------------------------------------- cross-process
@@ -145,9 +174,9 @@ async def measure_epoch_wake_xproc(n: int = 2000, *, directory: str = "/dev/shm"
                 seq = 0  # eventfd events seen so far
                 for _ in range(_ROUNDS):
                     with trio.fail_after(30):
-                        arena.publish(go)
-                        seen = arena.epoch(bench)
+                        seen = arena.epoch(bench)  # before releasing the child, which then publishes
                         target = seen + per
+                        arena.publish(go)
                         while seen < target:
                             value = await watcher.wait(bench, seen)
                             t1 = time.perf_counter_ns()
