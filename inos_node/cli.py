@@ -124,14 +124,20 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_units(args: argparse.Namespace) -> int:
-    from inos_node.local import catalog
+    if args.arena:
+        from inos_node.local import live_registry
 
-    cat = catalog()
+        cat = live_registry(args.arena, args.arena_dir)
+    else:
+        from inos_node.local import catalog
+
+        cat = catalog()
     if args.json:
         print(json.dumps(cat, indent=2))
         return 0
     for lib in cat:
-        print(f"{lib['library']}: {lib['summary']}")
+        state = f" [{lib['state']}, {lib['restarts']} restarts]" if "state" in lib else ""
+        print(f"{lib['library']}{state}: {lib.get('summary', '')}")
         for m in lib["methods"]:
             params = ", ".join(
                 f"{p['name']}={p['default']!r}" if "default" in p else f"{p['name']} (required)" for p in m["params"]
@@ -190,8 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout-ms", type=int, default=0, help="wall-clock deadline in ms (default: the engine's 60 s)")
     p.set_defaults(fn=cmd_exec)
 
-    p = sub.add_parser("units", help="list the capsule catalog", description="List libraries, methods and params.")
+    p = sub.add_parser("units", help="list the capsule catalog",
+                       description="List libraries, methods and params: this installation's catalog, or with "
+                                   "--arena the registry a running node publishes in its arena (with unit state "
+                                   "and restart counts).")
     p.add_argument("--json", action="store_true", help="machine-readable catalog")
+    p.add_argument("--arena", metavar="NAME", help="read the live registry from this node arena (see /dev/shm)")
+    p.add_argument("--arena-dir", default="/dev/shm", help="where the arena file lives (default /dev/shm)")
     p.set_defaults(fn=cmd_units)
 
     p = sub.add_parser("bench", help="benchmarks, each beside a baseline measured in the same run")

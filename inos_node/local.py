@@ -19,7 +19,7 @@ from inos_node.engine.spec import UnitContext
 from inos_node.types import JobResult
 from inos_node.units import load_libraries
 
-__all__ = ["build_engine", "catalog", "demo", "run_capsule"]
+__all__ = ["build_engine", "catalog", "demo", "live_registry", "run_capsule", "viewer_main"]
 
 
 def build_engine(ctx: UnitContext | None = None, config: EngineConfig | None = None, process_pool: Any = None) -> Engine:
@@ -29,6 +29,19 @@ def build_engine(ctx: UnitContext | None = None, config: EngineConfig | None = N
 
 def catalog() -> list[dict[str, Any]]:
     return build_engine().catalog()
+
+
+def live_registry(arena_name: str, directory: str) -> list[dict[str, Any]]:
+    """The unit registry a running node published in its arena's registry region."""
+    from inos_node.arena import Arena, MessageRegion
+    from inos_node.wire.registry import decode_registry
+
+    with Arena.attach(arena_name, directory=directory) as arena:
+        region = MessageRegion(arena, "registry")
+        try:
+            return decode_registry(region.read())
+        finally:
+            region.close()
 
 
 async def run_capsule(

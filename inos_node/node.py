@@ -92,10 +92,12 @@ class LocalNode:
                     process_pool=self.pool,
                 )
                 actors = [UnitActor(lib.name, self.engine.execute) for lib in libraries]
-                self.supervisor = Supervisor(actors, source=self.watcher)
-                await nursery.start(self.supervisor.run)
+                self.supervisor = Supervisor(actors, source=self.watcher, on_crash=self._unit_crashed)
                 self._registry = MessageRegion(arena, "registry", self.layout["idxRegistry"])
+                self._diagnostics = MessageRegion(arena, "diagnostics", self.layout["idxDiagnostics"])
+                await nursery.start(self.supervisor.run)
                 self.publish_registry()
+                self.publish_diagnostics()
                 try:
                     yield self
                 finally:
@@ -114,6 +116,36 @@ class LocalNode:
 
     def read_registry(self) -> list[dict[str, Any]]:
         return registry_codec.decode_registry(self._registry.read())
+
+    def _unit_crashed(self, actor: Any, backoff: Any) -> None:
+        # A crash is news for anyone watching the arena: republish the registry (unit state and
+        # restart count) and the diagnostics (the last error).
+        self.publish_registry()
+        self.publish_diagnostics()
+
+    def diagnostics(self) -> dict[str, Any]:
+        from inos_node import __version__
+
+        stats = self.arena.statistics()
+        info = self.runtime_info()
+        info.update(
+            role="light",
+            memory_bytes=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+            python=platform.python_version(),
+            version=__version__,
+            units=self.supervisor.statistics(),
+            jobs_completed=self.engine.completed,
+            jobs_failed=self.engine.failed,
+            arena_used=stats.used,
+            arena_free=stats.free,
+        )
+        return info
+
+    def publish_diagnostics(self) -> None:
+        self._diagnostics.write(registry_codec.encode_diagnostics(self.diagnostics()))
+
+    def read_diagnostics(self) -> dict[str, Any]:
+        return registry_codec.decode_diagnostics(self._diagnostics.read())
 
     # ------------------------------------------------------------------ submit
     async def submit(self, name: str, data: Any = b"", params: dict[str, Any] | None = None, *,

@@ -57,7 +57,14 @@ class UnitActor:
     state: str = "created"
     handled: int = 0
     reactions: int = 0
+    starts: int = 0
     _send: trio.MemorySendChannel[_Job] | None = field(default=None, init=False, repr=False)
+    _lot: trio.lowlevel.ParkingLot = field(default_factory=trio.lowlevel.ParkingLot, init=False, repr=False)
+
+    async def wait_started(self, count: int) -> None:
+        """Wait until the actor has started ``count`` times in all (1 + its restarts)."""
+        while self.starts < count:
+            await self._lot.park()
 
     async def submit(self, request: JobRequest) -> JobResult:
         """Put a job in the mailbox and wait for its result (capacityExceeded if full)."""
@@ -75,13 +82,19 @@ class UnitActor:
             return JobResult(request.job_id, Status.CAPACITY_EXCEEDED, error=f"unit {self.name} is restarting",
                              retryable=True)
         async with reply_recv:
-            return await reply_recv.receive()
+            try:
+                return await reply_recv.receive()
+            except trio.EndOfChannel:
+                return JobResult(request.job_id, Status.FAILED, retryable=True,
+                                 error=f"unit {self.name} crashed while running the job; it is being restarted")
 
     async def run(self, source: EpochSource | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         send, recv = trio.open_memory_channel[_Job](self.mailbox_size)
         limiter = trio.Semaphore(self.concurrency)
         self._send = send
         self.state = "running"
+        self.starts += 1
+        self._lot.unpark_all()
         # started() before any nursery opens: trio cannot move a task that has child nurseries.
         task_status.started()
         try:

@@ -134,3 +134,43 @@ async def test_closing_the_node_leaves_nothing_in_shm(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_a_crashing_unit_is_restarted_and_the_arena_says_so(tmp_path):
+    async with LocalNode(_config(tmp_path)).open() as node:
+        actor = node.supervisor.actor("compute")
+        real = actor.execute
+
+        async def broken(req):
+            raise RuntimeError("disk on fire")
+
+        actor.execute = broken
+        r = await node.submit("compute.blake3", b"x" * (1 << 20))
+        assert r.status is Status.FAILED and "unit compute crashed" in r.error and r.retryable
+        actor.execute = real
+        with trio.fail_after(30):
+            await actor.wait_started(2)  # restarted after its backoff
+        diag = node.read_diagnostics()
+        (entry,) = [u for u in diag["units"] if u["unit"] == "compute"]
+        assert entry["restarts"] == 1 and "disk on fire" in entry["last_error"]
+        (reg,) = [u for u in node.read_registry() if u["library"] == "compute"]
+        assert reg["restarts"] == 1
+        r = await node.submit("compute.blake3", b"x" * (1 << 20))
+        assert r.ok, r.error
+        assert diag["cores"] >= 1 and diag["arena_bytes"] == node.arena.size
+
+
+async def test_inos_units_reads_the_live_registry_from_the_arena(tmp_path, inos_cmd):
+    import json
+
+    async with LocalNode(_config(tmp_path)).open() as node:
+        p = await trio.run_process([*inos_cmd, "units", "--json", "--arena", node.arena.name,
+                                    "--arena-dir", node.arena.directory], capture_stdout=True)
+        units = json.loads(p.stdout)
+        assert {u["library"] for u in units} == {lib.name for lib in node.engine.libraries}
+        assert all(u["state"] == "running" and u["restarts"] == 0 for u in units)
+        p = await trio.run_process([*inos_cmd, "units", "--arena", node.arena.name, "--arena-dir",
+                                    node.arena.directory], capture_stdout=True)
+        assert b"compute [running, 0 restarts]" in p.stdout
+    p = await trio.run_process([*inos_cmd, "units", "--arena", "no-such-arena"], capture_stderr=True, check=False)
+    assert p.returncode == 1 and b"no-such-arena" in p.stderr
