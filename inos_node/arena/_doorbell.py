@@ -16,8 +16,9 @@ The lost-wake-up race
 ---------------------
 A new subscriber stores its mask and ``procGen``, then loads the epoch; a publisher stores the
 epoch, then loads ``procGen``.  That is the store-buffer (Dekker) pattern: both sides need a
-store-load fence, or both can read the old value and the wake-up is lost.  Both sides therefore
-call ``store_load_fence()`` between the store and the load (``_barrier``).
+store-load barrier, or both can read the old value and the wake-up is lost.  The subscriber
+pays for both with ``subscriber_fence()`` (membarrier), so publishing stays fence-free; see
+``_barrier`` for the fallback when membarrier is unavailable.
 
 Liveness
 --------
@@ -39,7 +40,7 @@ import numpy as np
 import trio
 
 from inos_node.arena import _shm
-from inos_node.arena._barrier import full_fence, store_load_fence
+from inos_node.arena._barrier import full_fence, subscriber_fence
 from inos_node.arena.layout import layout
 from inos_node.errors import ArenaError, ArenaExhausted
 
@@ -79,7 +80,7 @@ class ProcessTable:
     def snapshot(self) -> list[list[int]]:
         """All slots as Python ints, one list per slot (one copy, then no more shared reads)."""
         flat: list[int] = self.words.tolist()
-        return [flat[s * _WORDS_PER_SLOT:(s + 1) * _WORDS_PER_SLOT] for s in range(layout.max_processes)]
+        return [flat[s * _WORDS_PER_SLOT : (s + 1) * _WORDS_PER_SLOT] for s in range(layout.max_processes)]
 
     def pid(self, slot: int) -> int:
         return int(self.words.item(slot * _WORDS_PER_SLOT + _PID))
@@ -104,7 +105,7 @@ class ProcessTable:
         base = slot * _WORDS_PER_SLOT
         self.words[base + _PID] = 0  # first: publishers stop considering the slot
         full_fence()
-        self.words[base:base + _WORDS_PER_SLOT] = 0
+        self.words[base : base + _WORDS_PER_SLOT] = 0
 
 
 def slot_lock_byte(slot: int) -> int:
@@ -130,7 +131,7 @@ class Doorbell:
         self.local = local
         with arena._flock.hold():
             self.slot = self._claim()
-        store_load_fence()  # our mask/procGen stores before any epoch load of the caller
+        subscriber_fence()  # our mask/procGen stores before any epoch load of the caller
         arena._doorbells.add(self)
 
     def _claim(self) -> int:
@@ -143,8 +144,12 @@ class Doorbell:
             if words[_PID] != 0:
                 if _shm.lock_is_held(arena._fd, slot_lock_byte(slot)):
                     continue
-                log.warning("arena %s: reclaiming subscriber slot %d of pid %d, which is gone",
-                            arena.name, slot, words[_PID])
+                log.warning(
+                    "arena %s: reclaiming subscriber slot %d of pid %d, which is gone",
+                    arena.name,
+                    slot,
+                    words[_PID],
+                )
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(bell_path(arena.directory, arena.name, words[_PID], slot))
                 table.clear(slot)
@@ -165,7 +170,8 @@ class Doorbell:
             return slot
         raise ArenaExhausted(
             f"arena {arena.name}: all {layout.max_processes} subscriber slots are taken",
-            requested=1, available=0,
+            requested=1,
+            available=0,
         )
 
     def subscribed(self, index: int) -> bool:
@@ -184,7 +190,7 @@ class Doorbell:
             arena._ptable.set_mask(self.slot, mask)
             arena._bump_proc_gen()
         self._mask = mask
-        store_load_fence()
+        subscriber_fence()
 
     def drain(self) -> int:
         """Read every pending byte; returns how many (0 when nothing was pending)."""
@@ -226,14 +232,16 @@ class BellRinger:
     def __init__(self, arena: Arena) -> None:
         self._arena = arena
         self.gen = -1
+        self.remotes = False  # any subscriber in another process at all (skips the lookup if not)
         self.subs: dict[int, tuple[int, ...]] = {}
         self._remotes: dict[int, tuple[int, int, int, list[int]]] = {}  # slot -> pid, started, fd, mask
 
     def refresh(self) -> None:
         """Re-read the process table (``procGen`` moved): open new FIFOs, close vanished ones."""
         arena = self._arena
-        gen = arena._proc_gen.item(0)
+        gen = arena._proc_generation()
         full_fence()  # procGen load before the slot loads
+        arena._read_fence_mode()
         dead: list[tuple[int, int, int]] = []
         remotes: dict[int, tuple[int, int, int, list[int]]] = {}
         for slot, words in enumerate(arena._ptable.snapshot()):
@@ -241,7 +249,7 @@ class BellRinger:
             if pid == 0 or slot == arena._local_slot:
                 continue
             started = words[_STARTED]
-            mask = words[_MASK:_MASK + _MASK_WORDS]
+            mask = words[_MASK : _MASK + _MASK_WORDS]
             old = self._remotes.pop(slot, None)
             if old is not None and old[0] == pid and old[1] == started:
                 remotes[slot] = (pid, started, old[2], mask)
@@ -256,8 +264,9 @@ class BellRinger:
         for _pid, _started, fd, _mask in self._remotes.values():
             os.close(fd)
         self._remotes = remotes
+        self.remotes = bool(remotes)
         self.subs = {}
-        self.gen = gen if arena._proc_gen.item(0) == gen else -1  # moved while reading: again next time
+        self.gen = gen if arena._proc_generation() == gen else -1  # moved while reading: again next time
         for slot, pid, started in dead:
             self._reap(slot, pid, started)
 
@@ -274,6 +283,7 @@ class BellRinger:
         for slot, (pid, started, rfd, _mask) in list(self._remotes.items()):
             if rfd == fd:
                 del self._remotes[slot]
+                self.remotes = bool(self._remotes)
                 os.close(fd)
                 if not _shm.lock_is_held(self._arena._fd, slot_lock_byte(slot)):
                     self._reap(slot, pid, started)
@@ -300,5 +310,6 @@ class BellRinger:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._remotes = {}
+        self.remotes = False
         self.subs = {}
         self.gen = -1

@@ -56,9 +56,21 @@ class HeapLayout:
     @classmethod
     def from_layout(cls, lay: object) -> HeapLayout:
         """From ``inos_node.arena.layout.layout`` (typed loosely: this core imports no capnp)."""
-        names = ("heap_header_size", "heap_free_head", "heap_used_bytes", "heap_used_blocks", "heap_capacity",
-                 "block_header_size", "blk_size", "blk_tag", "blk_next_free", "blk_length", "block_tag_free",
-                 "block_tag_used", "alloc_align")
+        names = (
+            "heap_header_size",
+            "heap_free_head",
+            "heap_used_bytes",
+            "heap_used_blocks",
+            "heap_capacity",
+            "block_header_size",
+            "blk_size",
+            "blk_tag",
+            "blk_next_free",
+            "blk_length",
+            "block_tag_free",
+            "block_tag_used",
+            "alloc_align",
+        )
         return cls(*(int(getattr(lay, n)) for n in names))
 
 
@@ -101,8 +113,11 @@ class Heap:
         first = _align_up(hl.header_size, hl.align)
         size = (heap._cap - first) // hl.align * hl.align
         if size < heap._min_block:
-            raise ArenaExhausted(f"a heap of {heap._cap} bytes has no room for a single block",
-                                 requested=heap._min_block + first, available=heap._cap)
+            raise ArenaExhausted(
+                f"a heap of {heap._cap} bytes has no room for a single block",
+                requested=heap._min_block + first,
+                available=heap._cap,
+            )
         heap._set(0, hl.capacity, heap._cap)
         heap._set(0, hl.used_bytes, 0)
         heap._set(0, hl.used_blocks, 0)
@@ -237,8 +252,9 @@ class Heap:
             if tag not in (hl.tag_used, hl.tag_free):
                 raise ArenaError(f"heap corrupt: block at {off} has tag {tag:#x}")
             used = tag == hl.tag_used
-            yield BlockInfo(off, size, used, self._get(off, hl.blk_length) if used else 0,
-                            off + hl.block_header_size)
+            yield BlockInfo(
+                off, size, used, self._get(off, hl.blk_length) if used else 0, off + hl.block_header_size
+            )
             off += size
         raise ArenaError("heap corrupt: the block chain does not end")
 
@@ -261,8 +277,9 @@ class Heap:
             free += size
             count += 1
             largest = max(largest, size - hl.block_header_size)
-        return HeapStatistics(self._cap, self._get(0, hl.used_bytes), free, largest,
-                              self._get(0, hl.used_blocks), count)
+        return HeapStatistics(
+            self._cap, self._get(0, hl.used_bytes), free, largest, self._get(0, hl.used_blocks), count
+        )
 
     def check(self) -> None:
         """Verify every invariant; raise ``ArenaError`` naming the first one broken."""

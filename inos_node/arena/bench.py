@@ -55,7 +55,9 @@ def _summary(prefix: str, samples_ns: list[int]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- in-process
-async def measure_epoch_wake_inproc(n: int = 2000, *, directory: str = "/dev/shm", seed: int = 1) -> dict[str, Any]:
+async def measure_epoch_wake_inproc(
+    n: int = 2000, *, directory: str = "/dev/shm", seed: int = 1
+) -> dict[str, Any]:
     """p50 of publish -> subscriber running, and of trio.Event set -> waiter running (us)."""
     rng = random.Random(seed)
     per = max(1, math.ceil(n / _ROUNDS))
@@ -120,8 +122,9 @@ async def _inproc_event(gaps: list[float]) -> list[int]:
         await nursery.start(waiter)
         for k, gap in enumerate(gaps):
             await progress.wait_for(k)
+            following = trio.Event()  # made before the gap: after it, only set() is timed
             await trio.sleep(gap)
-            event, current[0] = current[0], trio.Event()
+            event, current[0] = current[0], following
             stamp[0] = time.perf_counter_ns()
             event.set()
     return out
@@ -148,7 +151,13 @@ class _Progress:
 
 
 # ---------------------------------------------------------------------- cross-process
-async def measure_epoch_wake_xproc(n: int = 2000, *, directory: str = "/dev/shm", seed: int = 1) -> dict[str, Any]:
+_ROOT = str(Path(__file__).resolve().parents[2])  # so the child imports this checkout
+_CHILD = "import sys; from inos_node.arena.bench import _child_main; sys.exit(_child_main(sys.argv[1:]))"
+
+
+async def measure_epoch_wake_xproc(
+    n: int = 2000, *, directory: str = "/dev/shm", seed: int = 1
+) -> dict[str, Any]:
     """p50 of a child's publish -> trio subscriber running here, and of a child's eventfd
     write -> trio ``wait_readable`` + read here (us)."""
     per = max(1, math.ceil(n / _ROUNDS))
@@ -157,19 +166,29 @@ async def measure_epoch_wake_xproc(n: int = 2000, *, directory: str = "/dev/shm"
     epoch_ns: list[int] = []
     eventfd_ns: list[int] = []
     try:
-        bench = arena.reserve_epoch("bench.wake.xproc")  # the child writes it
-        go = arena.reserve_epoch("bench.wake.go")  # we write it: "ready for the next block"
-        block = arena.allocate(_SLOTS * 8, "bench.wake.t0")
-        stamps = block.ndarray(np.uint64)
-        watcher = EpochWatcher(arena, (bench,))
+        await _xproc(arena, efd, per, seed, epoch_ns, eventfd_ns)
+    finally:
+        os.close(efd)
+        arena.close()
+    return {**_summary("epoch_wake_xproc", epoch_ns), **_summary("eventfd_wake", eventfd_ns)}
+
+
+async def _xproc(
+    arena: Arena, efd: int, per: int, seed: int, epoch_ns: list[int], eventfd_ns: list[int]
+) -> None:
+    bench = arena.reserve_epoch("bench.wake.xproc")  # the child writes it
+    go = arena.reserve_epoch("bench.wake.go")  # we write it: "ready for the next block"
+    block = arena.allocate(_SLOTS * 8, "bench.wake.t0")
+    stamps = block.ndarray(np.uint64)
+    watcher = EpochWatcher(arena, (bench,))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_ROOT, os.environ.get("PYTHONPATH")]))}
+    args = [arena.name, arena.directory, *(str(x) for x in (bench, go, efd, per, _ROUNDS, seed))]
+    try:
         async with trio.open_nursery() as nursery:
             await nursery.start(watcher.run)
-            root = str(Path(__file__).resolve().parents[2])
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-            cmd = [sys.executable, "-c", "import sys; from inos_node.arena.bench import _child_main; "
-                   "sys.exit(_child_main(sys.argv[1:]))", arena.name, arena.directory, str(bench), str(go),
-                   str(efd), str(per), str(_ROUNDS), str(seed)]
-            proc = await trio.lowlevel.open_process(cmd, pass_fds=(efd,), env=env)
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-c", _CHILD, *args], pass_fds=(efd,), env=env
+            )
             try:
                 seq = 0  # eventfd events seen so far
                 for _ in range(_ROUNDS):
@@ -205,12 +224,9 @@ async def measure_epoch_wake_xproc(n: int = 2000, *, directory: str = "/dev/shm"
                     with trio.CancelScope(shield=True), trio.move_on_after(5):
                         await proc.wait()
             nursery.cancel_scope.cancel()
-        del stamps
-        arena.free(block)
     finally:
-        os.close(efd)
-        arena.close()
-    return {**_summary("epoch_wake_xproc", epoch_ns), **_summary("eventfd_wake", eventfd_ns)}
+        del stamps  # even when failing: a live view would make arena.close() fail too
+    arena.free(block)
 
 
 def _child_main(argv: list[str]) -> int:

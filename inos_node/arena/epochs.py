@@ -33,6 +33,7 @@ leader took over; so every path that consumes a doorbell byte also re-checks the
 
 from __future__ import annotations
 
+import logging
 import math
 import select
 import threading
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from inos_node.arena._barrier import full_fence
+from inos_node.arena._barrier import TSO, full_fence
 from inos_node.arena._doorbell import Doorbell
 from inos_node.errors import ArenaError
 
@@ -51,6 +52,8 @@ if TYPE_CHECKING:
     from inos_node.arena.arena import Arena
 
 __all__ = ["BlockingWaiter", "EpochWatcher"]
+
+log = logging.getLogger(__name__)
 
 
 class _IndexWaiters:
@@ -65,8 +68,7 @@ class _IndexWaiters:
 
     def wake(self, value: int) -> None:
         self.last = value
-        if self.lot:
-            self.lot.unpark_all()
+        self.lot.unpark_all()  # no "if self.lot": ParkingLot.__len__ is a Python call
         scope = self.leader_scope
         if scope is not None:
             self.leader_scope = None
@@ -121,6 +123,8 @@ class EpochWatcher:
         try:
             task_status.started()
             while True:
+                if bell.fd < 0:
+                    return  # the doorbell was closed under us (arena.close())
                 if self._leading is not None:
                     await self._run_lot.park()
                     continue
@@ -128,6 +132,9 @@ class EpochWatcher:
                     self._run_scope = scope
                     try:
                         await trio.lowlevel.wait_readable(bell.fd)
+                    except trio.ClosedResourceError:
+                        log.warning("arena %s was closed under a running EpochWatcher", arena.name)
+                        return
                     finally:
                         self._run_scope = None
                 if scope.cancelled_caught:
@@ -156,7 +163,9 @@ class EpochWatcher:
         """
         bell = self._bell
         if bell is None:
-            raise ArenaError("EpochWatcher.wait() needs the watcher running: await nursery.start(watcher.run)")
+            raise ArenaError(
+                "EpochWatcher.wait() needs the watcher running: await nursery.start(watcher.run)"
+            )
         arena = self._arena
         if not bell.subscribed(index):
             bell.subscribe((index,))
@@ -169,16 +178,19 @@ class EpochWatcher:
         if waiters is None:
             waiters = arena._waiters[index] = _IndexWaiters(value)
         written = arena._written
+        ew: memoryview = arena._ew  # the wake-up path reads the word directly (no method call)
+        word = index << arena._line_shift
         while True:
             if self._leading is not None or written[index]:
                 await waiters.lot.park()
             else:
                 await self._lead(waiters)
-            if self._bell is None:
-                raise ArenaError("the EpochWatcher stopped while a task was waiting")
-            value = arena.epoch(index)
+            if self._bell is None or arena.closed:
+                raise ArenaError("the EpochWatcher or its arena stopped while a task was waiting")
+            value = ew[word]
             if value > seen:
-                full_fence()
+                if not TSO:
+                    full_fence()
                 return value
 
     async def _lead(self, waiters: _IndexWaiters) -> None:
@@ -200,8 +212,8 @@ class EpochWatcher:
         finally:
             waiters.leader_scope = None
             self._leading = None
-            if any(w.lot for w in self._arena._waiters.values()):
-                self._run_lot.unpark_all()  # others still wait: run() watches the doorbell for them
+            if bell.fd < 0 or any(w.lot for w in self._arena._waiters.values()):
+                self._run_lot.unpark_all()  # others still wait (or the bell closed): over to run()
 
     def _wake_moved(self) -> None:
         bell = self._bell

@@ -70,6 +70,7 @@ class Layout:
     hdr_proc_gen: int = _schema()
     hdr_alloc_lock: int = _schema()
     hdr_owner_lock: int = _schema()
+    hdr_fence_mode: int = _schema()
     # epoch table
     epoch_table_offset: int = _schema()
     epoch_count: int = _schema()
@@ -165,10 +166,18 @@ class Layout:
             if key not in c:
                 raise InosInternalError(f"sab_layout.capnp has no constant {key!r} (Layout.{f.name})")
             values[f.name] = c[key]
-        kinds = {"inbox": c["kindRing"], "outbox": c["kindRing"],
-                 "registry": c["kindMessage"], "diagnostics": c["kindMessage"]}
-        epochs = {"inbox": c["idxInbox"], "outbox": c["idxOutbox"],
-                  "registry": c["idxRegistry"], "diagnostics": c["idxDiagnostics"]}
+        kinds = {
+            "inbox": c["kindRing"],
+            "outbox": c["kindRing"],
+            "registry": c["kindMessage"],
+            "diagnostics": c["kindMessage"],
+        }
+        epochs = {
+            "inbox": c["idxInbox"],
+            "outbox": c["idxOutbox"],
+            "registry": c["idxRegistry"],
+            "diagnostics": c["idxDiagnostics"],
+        }
         regions = []
         offset = c["fixedRegionsOffset"]
         for name in FIXED_REGION_NAMES:
@@ -178,9 +187,9 @@ class Layout:
         values["fixed_regions"] = tuple(regions)
         values["dynamic_offset"] = _align_up(offset, c["pageSize"])
         # Fixed epoch indices carry their schema names ("idxBoids" -> "boids") in the table.
-        values["fixed_epoch_names"] = MappingProxyType({
-            v: k[3].lower() + k[4:] for k, v in c.items() if k.startswith("idx") and k != "idxFirstDynamic"
-        })
+        values["fixed_epoch_names"] = MappingProxyType(
+            {v: k[3].lower() + k[4:] for k, v in c.items() if k.startswith("idx") and k != "idxFirstDynamic"}
+        )
         values["constants"] = MappingProxyType(dict(c))
         return cls(**values)  # type: ignore[arg-type]
 

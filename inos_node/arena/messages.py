@@ -53,7 +53,7 @@ class MessageRegion:
         self.epoch_index = index
         self.capacity = entry.size - layout.msg_header_size
         self._arena = arena
-        self._words: Any = arena.ndarray(entry.offset, "<u8", layout.msg_header_size // 8)
+        self._words: Any = arena._words(entry.offset, layout.msg_header_size)
         self._data: Any = arena.view(entry.offset + layout.msg_header_size, self.capacity)
         arena._dependents.add(self)
 
@@ -66,10 +66,13 @@ class MessageRegion:
         payload = memoryview(data).cast("B")
         n = payload.nbytes
         if n > self.capacity:
-            raise ArenaExhausted(f"a message of {n} bytes does not fit region {self.name!r} "
-                                 f"({self.capacity} bytes)", requested=n, available=self.capacity)
+            raise ArenaExhausted(
+                f"a message of {n} bytes does not fit region {self.name!r} ({self.capacity} bytes)",
+                requested=n,
+                available=self.capacity,
+            )
         words = self._words
-        seq = words.item(_SEQ)
+        seq = words[_SEQ]
         odd = seq + 1 + (seq & 1)  # stays odd even after a writer that died half-way
         words[_SEQ] = odd
         full_fence()
@@ -88,27 +91,31 @@ class MessageRegion:
         words = self._words
         data = self._data
         for attempt in range(max_retries):
-            s1 = words.item(_SEQ)
+            s1 = words[_SEQ]
             if s1 & 1:
                 if attempt > 16:
                     os.sched_yield()  # the writer may be descheduled mid-copy
                 continue
             full_fence()
-            n = words.item(_LEN)
+            n = words[_LEN]
             if n > self.capacity:
                 continue  # a torn length: the seq check would fail anyway
             out = bytes(data[:n])
             full_fence()
-            if words.item(_SEQ) == s1:
+            if words[_SEQ] == s1:
                 return out
-        raise ArenaError(f"region {self.name!r}: no consistent copy in {max_retries} attempts "
-                         "(the writer died half-way, or writes never pause)")
+        raise ArenaError(
+            f"region {self.name!r}: no consistent copy in {max_retries} attempts "
+            "(the writer died half-way, or writes never pause)"
+        )
 
     @property
     def seq(self) -> int:
-        return int(self._words.item(_SEQ))
+        return int(self._words[_SEQ])
 
     def _release(self) -> None:
+        if self._words is not None:
+            self._words.release()
         self._words = self._data = None
 
     def close(self) -> None:

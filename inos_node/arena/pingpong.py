@@ -48,8 +48,9 @@ _SEQ_STRIDE = (layout.pp_seq1 - layout.pp_seq0) // 8
 class PingPong:
     """Two slots of ``shape``/``dtype`` in one arena block, flipped by epoch ``epoch_index``."""
 
-    def __init__(self, arena: Arena, block: Block, shape: tuple[int, ...], dtype: np.dtype[Any],
-                 epoch_index: int) -> None:
+    def __init__(
+        self, arena: Arena, block: Block, shape: tuple[int, ...], dtype: np.dtype[Any], epoch_index: int
+    ) -> None:
         self.arena = arena
         self.block = block
         self.name = block.name
@@ -60,7 +61,7 @@ class PingPong:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         self.stride = _slot_stride(nbytes)
         base = block.offset
-        self._seq: Any = arena.ndarray(base + layout.pp_seq0, "<u8", _SEQ_STRIDE + 1)[::_SEQ_STRIDE]
+        self._seq: Any = arena._words(base + layout.pp_seq0, layout.pp_seq1 - layout.pp_seq0 + 8)
         first = base + layout.pp_header_size
         self._slots: list[Any] = [arena.ndarray(first + s * self.stride, dtype, shape) for s in (0, 1)]
         self._readonly: list[Any] = []
@@ -73,8 +74,9 @@ class PingPong:
 
     # ------------------------------------------------------------------ making / finding
     @classmethod
-    def create(cls, arena: Arena, name: str, shape: int | tuple[int, ...], dtype: Any,
-               epoch_index: int) -> PingPong:
+    def create(
+        cls, arena: Arena, name: str, shape: int | tuple[int, ...], dtype: Any, epoch_index: int
+    ) -> PingPong:
         """Allocate and describe a new double buffer; the caller becomes the writer of
         ``epoch_index`` (reserve one with ``arena.reserve_epoch``)."""
         shape = (shape,) if isinstance(shape, int) else tuple(int(d) for d in shape)
@@ -84,13 +86,16 @@ class PingPong:
         if dt.hasobject or len(dt.str) > layout.pp_dtype_len:
             raise ArenaError(f"ping-pong dtype {dt} cannot live in shared memory")
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-        block = arena.allocate(layout.pp_header_size + 2 * _slot_stride(nbytes), name, epoch_index=epoch_index)
+        block = arena.allocate(
+            layout.pp_header_size + 2 * _slot_stride(nbytes), name, epoch_index=epoch_index
+        )
         head = arena.view(block.offset, layout.pp_header_size)
         head[:] = bytes(layout.pp_header_size)
-        head[layout.pp_dtype:layout.pp_dtype + layout.pp_dtype_len] = dt.str.encode("ascii").ljust(
-            layout.pp_dtype_len, b"\0")
+        head[layout.pp_dtype : layout.pp_dtype + layout.pp_dtype_len] = dt.str.encode("ascii").ljust(
+            layout.pp_dtype_len, b"\0"
+        )
         dims = arena.ndarray(block.offset + layout.pp_ndim, "<u8", 1 + layout.pp_max_dims)
-        dims[1:1 + len(shape)] = shape
+        dims[1 : 1 + len(shape)] = shape
         dims[0] = len(shape)
         del head, dims
         return cls(arena, block, shape, dt, epoch_index)
@@ -104,12 +109,14 @@ class PingPong:
         if block.epoch_index is None:
             raise ArenaError(f"block {name!r} has no epoch index: not a ping-pong buffer")
         head = bytes(arena.view(block.offset, layout.pp_header_size))
-        dtype = np.dtype(head[layout.pp_dtype:layout.pp_dtype + layout.pp_dtype_len].rstrip(b"\0").decode("ascii"))
+        dtype = np.dtype(
+            head[layout.pp_dtype : layout.pp_dtype + layout.pp_dtype_len].rstrip(b"\0").decode("ascii")
+        )
         dims = np.frombuffer(head, "<u8", 1 + layout.pp_max_dims, layout.pp_ndim).tolist()
         ndim = dims[0]
         if not 1 <= ndim <= layout.pp_max_dims:
             raise ArenaError(f"block {name!r} has no valid ping-pong descriptor (ndim {ndim})")
-        shape = tuple(int(d) for d in dims[1:1 + ndim])
+        shape = tuple(int(d) for d in dims[1 : 1 + ndim])
         return cls(arena, block, shape, dtype, block.epoch_index)
 
     # ------------------------------------------------------------------ writer
@@ -124,7 +131,7 @@ class PingPong:
             raise ArenaError(f"ping-pong {self.name!r}: begin() twice without commit()")
         frame = self.arena.epoch(self.epoch_index) + 1
         slot = frame & 1
-        self._seq[slot] = 0
+        self._seq[slot * _SEQ_STRIDE] = 0
         full_fence()  # seq[s] = 0 before any store into the slot
         self._pending = frame
         return self._slots[slot]
@@ -135,17 +142,24 @@ class PingPong:
         if not frame:
             raise ArenaError(f"ping-pong {self.name!r}: commit() without begin()")
         full_fence()  # slot stores before seq[s] = frame
-        self._seq[frame & 1] = frame
+        self._seq[(frame & 1) * _SEQ_STRIDE] = frame
         self._pending = 0
         published = self.arena.publish(self.epoch_index)  # fences, epoch = frame, wakes readers
         if published != frame:
-            raise ArenaError(f"ping-pong {self.name!r}: epoch {self.epoch_index} moved to {published}, expected "
-                             f"{frame}: it has a second writer")
+            raise ArenaError(
+                f"ping-pong {self.name!r}: epoch {self.epoch_index} moved to {published}, expected "
+                f"{frame}: it has a second writer"
+            )
         return frame
 
     # ------------------------------------------------------------------ readers
-    def read(self, fn: Callable[[np.ndarray], R] | None = None, *, out: np.ndarray | None = None,
-             max_retries: int = 1000) -> tuple[int, Any] | None:
+    def read(
+        self,
+        fn: Callable[[np.ndarray], R] | None = None,
+        *,
+        out: np.ndarray | None = None,
+        max_retries: int = 1000,
+    ) -> tuple[int, Any] | None:
         """``(frame, data)`` for the latest complete frame, validated; None before the first.
 
         Without ``fn`` the slot is copied (into ``out`` if given) and the copy returned.  With
@@ -164,7 +178,7 @@ class PingPong:
                 return None
             slot = frame & 1
             full_fence()
-            if seq.item(slot) != frame:
+            if seq[slot * _SEQ_STRIDE] != frame:
                 self.laps += 1
                 if attempt > 16:
                     os.sched_yield()
@@ -179,13 +193,15 @@ class PingPong:
             else:
                 result = fn(view)
             full_fence()
-            if seq.item(slot) == frame:
+            if seq[slot * _SEQ_STRIDE] == frame:
                 return frame, result
             self.laps += 1
         raise ArenaError(f"ping-pong {self.name!r}: lapped by the writer {max_retries} times in a row")
 
     # ------------------------------------------------------------------ lifetime
     def _release(self) -> None:
+        if self._seq is not None:
+            self._seq.release()
         self._seq = None
         self._slots = []
         self._readonly = []

@@ -39,6 +39,8 @@ __all__ = ["Ring"]
 
 _LEN = struct.Struct("<Q")
 _ALIGN = layout.ring_record_align
+_HEAD = layout.ring_head // 8
+_TAIL = layout.ring_tail // 8
 
 
 class Ring:
@@ -59,8 +61,7 @@ class Ring:
         self.capacity = stride - layout.ring_header_size
         self.max_payload = self.capacity - _LEN.size
         self._arena = arena
-        self._head: Any = arena.ndarray(base + layout.ring_head, "<u8", 1)
-        self._tail: Any = arena.ndarray(base + layout.ring_tail, "<u8", 1)
+        self._words: Any = arena._words(base, layout.ring_header_size)
         self._data: Any = arena.view(base + layout.ring_header_size, self.capacity)
         arena._dependents.add(self)
 
@@ -73,30 +74,35 @@ class Ring:
         mv = memoryview(payload).cast("B")
         n = mv.nbytes
         if n > self.max_payload:
-            raise ArenaExhausted(f"a {n}-byte record can never fit {self.region} lane {self.lane}: records are "
-                                 f"limited to {self.max_payload} bytes (put large payloads in an arena block)",
-                                 requested=n, available=self.max_payload)
+            raise ArenaExhausted(
+                f"a {n}-byte record can never fit {self.region} lane {self.lane}: records are "
+                f"limited to {self.max_payload} bytes (put large payloads in an arena block)",
+                requested=n,
+                available=self.max_payload,
+            )
         cap = self.capacity
         size = _LEN.size + -(-n // _ALIGN) * _ALIGN
-        tail = self._tail.item(0)
-        if size > cap - (tail - self._head.item(0)):
+        words = self._words
+        tail = words[_TAIL]
+        if size > cap - (tail - words[_HEAD]):
             return False
         data = self._data
         pos = tail % cap
         _LEN.pack_into(data, pos, n)
         start = (pos + _LEN.size) % cap
         first = min(n, cap - start)
-        data[start:start + first] = mv[:first]
+        data[start : start + first] = mv[:first]
         if first < n:
-            data[0:n - first] = mv[first:]
+            data[0 : n - first] = mv[first:]
         full_fence()  # the record before the tail that hands it over
-        self._tail[0] = tail + size
+        words[_TAIL] = tail + size
         return True
 
     def try_get(self) -> bytes | None:
         """Take the oldest record, or None when the lane is empty."""
-        head = self._head.item(0)
-        tail = self._tail.item(0)
+        words = self._words
+        head = words[_HEAD]
+        tail = words[_TAIL]
         if tail == head:
             return None
         full_fence()  # the tail load before the record loads
@@ -106,22 +112,30 @@ class Ring:
         n = _LEN.unpack_from(data, pos)[0]
         size = _LEN.size + -(-n // _ALIGN) * _ALIGN
         if n > self.max_payload or size > tail - head:
-            raise ArenaError(f"{self.region} lane {self.lane} is corrupt: record of {n} bytes with "
-                             f"{tail - head} bytes pending (do both sides use the same number of lanes?)")
+            raise ArenaError(
+                f"{self.region} lane {self.lane} is corrupt: record of {n} bytes with "
+                f"{tail - head} bytes pending (do both sides use the same number of lanes?)"
+            )
         start = (pos + _LEN.size) % cap
         first = min(n, cap - start)
-        out = bytes(data[start:start + first]) if first == n else bytes(data[start:cap]) + bytes(data[0:n - first])
+        out = (
+            bytes(data[start : start + first])
+            if first == n
+            else bytes(data[start:cap]) + bytes(data[0 : n - first])
+        )
         full_fence()  # the record loads before the head store that frees the space
-        self._head[0] = head + size
+        words[_HEAD] = head + size
         return out
 
     @property
     def pending(self) -> int:
         """Bytes produced and not yet consumed (records, headers and padding)."""
-        return int(self._tail.item(0) - self._head.item(0))
+        return int(self._words[_TAIL] - self._words[_HEAD])
 
     def _release(self) -> None:
-        self._head = self._tail = self._data = None
+        if self._words is not None:
+            self._words.release()
+        self._words = self._data = None
 
     def close(self) -> None:
         self._arena._dependents.discard(self)

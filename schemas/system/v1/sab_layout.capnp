@@ -87,6 +87,9 @@ const kindBlock :UInt32 = 4;
 # subscriber holds one on the first byte of its process-table slot.  The kernel drops them when
 # the process dies, so "lock free" means "gone" even after the pid has been reused.
 const hdrOwnerLock :UInt32 = 192;
+# Set to 1 (and procGen bumped) by any process that cannot use membarrier(2): publishers then
+# fence between their epoch store and their process-table read (see arena/_barrier.py).
+const hdrFenceMode :UInt32 = 48;       # UInt32
 
 # --- epoch lines (epochTableOffset + index * cacheLine) ---
 const epochValue :UInt32 = 0;          # UInt64 counter, one writer
