@@ -33,7 +33,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from inos_node.errors import ConfigError, PeerError
 from inos_node.identity import Identity
 
-__all__ = ["HostConfig", "connect", "open_host", "peer_id_of", "quiet_libp2p_logs"]
+__all__ = ["HostConfig", "connect", "open_host", "peer_id_from_public_key", "peer_id_of", "quiet_libp2p_logs"]
 
 log = logging.getLogger(__name__)
 
@@ -105,3 +105,10 @@ def addresses(host: Any) -> list[str]:
 
 def listen_addresses(addrs: Sequence[Any]) -> list[str]:
     return [str(a) for a in addrs]
+
+
+def peer_id_from_public_key(public_key: bytes) -> str:
+    """The libp2p peer id of a raw 32-byte Ed25519 public key."""
+    from libp2p.crypto.ed25519 import Ed25519PublicKey
+
+    return ID.from_pubkey(Ed25519PublicKey.from_bytes(public_key)).to_base58()
