@@ -3,6 +3,8 @@
 Exit codes (shared by every command that runs a capsule):
   0 success · 1 the capsule failed · 2 bad usage or invalid params · 3 budget or fuel exhausted
   4 deadline passed · 5 no capacity · 6 cancelled
+  7 (client commands: submit, peers, jobs) could not talk to the node: none answering at --api,
+    or the API token was missing or refused
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ EXIT_CODES = {
     "capacityExceeded": 5,
     "cancelled": 6,
 }
+EXIT_NO_NODE = 7
 
 _DESCRIPTION = """\
 inos: a node of INOS, the Internet-Native Operating System.
@@ -44,6 +47,10 @@ examples:
   inos exec wasm.run --module tests/capsules/echo.wat --input - --json
   inos demo                                          a local node: boids + a few capsules
   inos bench local --json                            the benchmarks, each beside its baseline
+
+talking to a running node (its control API; see `inos submit --help`):
+  inos submit compute.blake3 --input file.bin | xxd   run a capsule on the node or the mesh
+  inos peers · inos jobs · inos token
 """
 
 
@@ -171,6 +178,233 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return trio.run(demo, args.boids, args.steps)
 
 
+# ---------------------------------------------------------------------- client commands
+_API_HELP = """\
+where the node is and how to prove you may use it:
+  --api          HOST:PORT of the node's control API   (else $INOS_API, else 127.0.0.1:5050)
+  --token        the API token                           (else $INOS_TOKEN, else DATA_DIR/api.token)
+  --data-dir     the node's data dir, to read its token (else $INOS_DATA_DIR, else ~/.inos)
+`inos token --data-dir DIR` prints a node's token.
+"""
+
+
+def _api_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("node connection")
+    g.add_argument("--api", metavar="HOST:PORT",
+                   help="the node's control API (default: $INOS_API or 127.0.0.1:5050)")
+    g.add_argument("--token", metavar="TOKEN",
+                   help="the API token (default: $INOS_TOKEN, else read from the data dir)")
+    g.add_argument("--data-dir", metavar="DIR",
+                   help="read the token from DIR/api.token (default: $INOS_DATA_DIR or ~/.inos)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+class _NoNode(Exception):
+    pass
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from inos_node.client import Client, resolve_api, resolve_token
+    from inos_node.errors import ConfigError
+
+    try:
+        return Client(resolve_api(args.api), resolve_token(args.token, args.data_dir))
+    except ConfigError as exc:
+        raise _NoNode(str(exc)) from exc
+
+
+def _api_call(fn: Any, *a: Any) -> Any:
+    """Call the client; map its errors onto exit codes (7: no node / token, 2: refused as invalid)."""
+    from inos_node.client import ApiError
+
+    try:
+        return fn(*a)
+    except ApiError as exc:
+        if exc.status is None or exc.status == 401:
+            raise _NoNode(str(exc)) from exc
+        if exc.status in (400, 413, 415):
+            raise _Usage(str(exc)) from exc
+        raise
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from inos_node.api.service import SubmitRequest
+    from inos_node.errors import InvalidParams
+
+    if "." not in args.capsule:
+        raise _Usage(f"capsule must be LIBRARY.METHOD (see `inos units`), got {args.capsule!r}")
+    placement = ("local" if args.local else "remote" if args.remote
+                 else f"peer:{args.peer}" if args.peer else "auto")
+    try:
+        req = SubmitRequest(
+            capsule=args.capsule,
+            input=_read_input(args.input),
+            params=_parse_params(args.param),
+            module=_read_module(args.module),
+            placement=placement,
+            replicas=args.replicas,
+            budget=args.budget,
+            timeout_s=args.timeout,
+            prefer=args.prefer,
+        )
+    except InvalidParams as exc:
+        raise _Usage(str(exc)) from exc
+    client = _client(args)
+    record = _api_call(client.run, req)
+    output = record.output or b""
+    if args.json:
+        doc = {
+            "job_id": record.job_id,
+            "status": record.status,
+            "output_b64": base64.b64encode(output).decode("ascii"),
+            "output_len": record.output_len or len(output),
+            "executor": record.executor,
+            "cost": record.cost,
+            "receipt": record.receipt,
+            "replicas": list(record.replicas),
+            "metrics": dict(record.metrics),
+        }
+        if record.error:
+            doc["error"] = record.error
+        print(json.dumps(doc))
+    if not record.ok:
+        print(f"inos: {args.capsule}: {record.status}: {record.error}", file=sys.stderr)
+        return EXIT_CODES.get(record.status, 1)
+    if args.out:
+        Path(args.out).write_bytes(output)
+    elif not args.json:
+        sys.stdout.buffer.write(output)
+        sys.stdout.buffer.flush()
+    return 0
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value) if value else "-"
+    return str(value)
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    peers = _api_call(_client(args).peers)
+    if args.json:
+        print(json.dumps(peers, indent=2))
+        return 0
+    if not peers:
+        print("no peers known yet (is the node connected to the mesh? see `inos node run --help`)")
+        return 0
+    rows = []
+    for p in peers:
+        methods = p.get("methods") or []
+        addrs = p.get("addresses") or []
+        rows.append([_cell(p.get("peer_id")), _cell(p.get("name")), _cell(p.get("rtt_ms")),
+                     _cell(p.get("load")), _cell(p.get("price")), str(len(methods)),
+                     _cell(addrs[0] if addrs else None)])
+    _table(rows, ["PEER ID", "NAME", "RTT MS", "LOAD", "PRICE", "METHODS", "ADDRESS"])
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    import time
+
+    records = _api_call(_client(args).jobs, args.limit)
+    if args.json:
+        print(json.dumps([r.to_json(include_output=False) for r in records], indent=2))
+        return 0
+    if not records:
+        print("no jobs yet (run one with `inos submit`)")
+        return 0
+    now_ms = time.time() * 1000
+    rows = []
+    for r in records:
+        age_s = max(0.0, (now_ms - r.submitted_ms) / 1000) if r.submitted_ms else None
+        age = "-" if age_s is None else f"{age_s:.0f}s" if age_s < 120 else f"{age_s / 60:.0f}m"
+        rows.append([r.job_id, r.capsule, r.status, _cell(r.executor), str(r.cost), str(r.output_len), age])
+    _table(rows, ["JOB ID", "CAPSULE", "STATUS", "EXECUTOR", "COST", "BYTES", "AGE"])
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from inos_node.client import default_data_dir
+    from inos_node.identity import DataDir
+
+    print(DataDir(args.data_dir or default_data_dir()).token())
+    return 0
+
+
+def _add_client_commands(sub: Any) -> None:
+    api = _api_parent()
+    p = sub.add_parser(
+        "submit", parents=[api],
+        help="run a capsule on a running node (which may place it on the mesh)",
+        description="Submit one capsule job to a running node's control API and wait for the result; "
+                    "raw output goes to stdout or --out.  Unlike `inos exec` (in-process), the node "
+                    "decides where the job runs: here, on another peer, or on several (--replicas) to "
+                    "compare outputs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  echo -n hello | inos submit compute.blake3 --input - | xxd\n"
+               "  inos submit compute.sha256 --input big.iso --remote --prefer cheapest --budget 10 --json\n"
+               "  inos submit wasm.run --module tests/capsules/echo.wat --input - --replicas 3\n"
+               "  inos submit compute.blake3 --input f --peer 12D3KooW... --api 10.0.0.5:5050 --token $T\n\n"
+               + _API_HELP + "\n"
+               "exit codes: 0 ok, 1 failed, 2 invalid params/usage, 3 out of fuel/budget, 4 timeout,\n"
+               "            5 no capacity, 6 cancelled, 7 no node answering or token refused",
+    )
+    p.add_argument("capsule", metavar="LIBRARY.METHOD", help="e.g. compute.blake3 (see `inos units`)")
+    p.add_argument("--input", metavar="PATH|-",
+                   help="input bytes from a file, or - for stdin (default: empty)")
+    p.add_argument("--param", metavar="KEY=VALUE", action="append", default=[],
+                   help="a capsule parameter; repeat for more (values are parsed by the unit's schema)")
+    p.add_argument("--module", metavar="PATH", help="a .wasm or .wat module for wasm.run")
+    p.add_argument("--out", metavar="PATH", help="write the raw output here instead of stdout")
+    where = p.add_argument_group("placement (default: the node decides)").add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true", help="run on this node only")
+    where.add_argument("--remote", action="store_true", help="run on another peer, never here")
+    where.add_argument("--peer", metavar="PEER_ID", help="run on this peer (see `inos peers`)")
+    p.add_argument("--replicas", type=int, default=1, metavar="N",
+                   help="run on N executors and compare their outputs (default 1)")
+    p.add_argument("--budget", type=int, default=0, metavar="N",
+                   help="most the job may cost, in the smallest credit unit (default 0: no limit)")
+    p.add_argument("--timeout", type=float, metavar="S", help="deadline in seconds (default: the node's)")
+    p.add_argument("--prefer", choices=["local", "remote", "fastest", "cheapest"],
+                   help="how the node picks an executor when it decides")
+    p.set_defaults(fn=cmd_submit)
+
+    p = sub.add_parser("peers", parents=[api], help="the peers a running node knows",
+                       description="List the peers the node has discovered: id, name, round-trip time, load, "
+                                   "price, how many methods they serve, an address.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_API_HELP)
+    p.set_defaults(fn=cmd_peers)
+
+    p = sub.add_parser("jobs", parents=[api], help="recent jobs of a running node",
+                       description="List the node's recent jobs, newest first (outputs: "
+                                   "`inos submit ... --out`, or GET /v1/jobs/ID/output).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_API_HELP)
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="how many (default 20, at most 1000)")
+    p.set_defaults(fn=cmd_jobs)
+
+    p = sub.add_parser("token", help="print a node's API token (creating it if absent)",
+                       description="Print the control API token of the node whose data dir this is, creating "
+                                   "DIR/api.token (mode 0600) if it does not exist yet.  Give it to a client "
+                                   "with --token or INOS_TOKEN.",
+                       epilog="example: INOS_TOKEN=$(inos token --data-dir /srv/inos) inos jobs")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="the node's data dir (default: $INOS_DATA_DIR or ~/.inos)")
+    p.set_defaults(fn=cmd_token)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inos", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -219,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boids", type=int, default=10_000, help="flock size (default 10000)")
     p.add_argument("--steps", type=int, default=200, help="simulation steps (default 200)")
     p.set_defaults(fn=cmd_demo)
+
+    _add_client_commands(sub)
     return parser
 
 
@@ -234,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     except _Usage as exc:
         print(f"inos: {exc}", file=sys.stderr)
         return 2
+    except _NoNode as exc:
+        print(f"inos: {exc}", file=sys.stderr)
+        return EXIT_NO_NODE
     except InosError as exc:
         print(f"inos: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,263 @@
+"""The node's mesh side: libp2p host, hello gate, gossip adverts, DHT, delegation and blobs.
+
+``Mesh(daemon).open()`` starts, in this order, so that no peer is served before it is checked:
+
+    host ─► DHT ─► gossip (+ advert book and publisher) ─► hello gate ─► delegation and blob
+    servers and clients ─► bootstrap dials
+
+Serving a peer's capsule (``_serve``): fetch the input (inline, or by digest from the requester
+over /inos/blob), run it through the node's engine exactly as a local capsule, put a large output
+in the blob store, and sign a receipt over (job, requester, capsule, input digest, output digest,
+cost, metrics).
+
+Running a capsule on a peer (``run_remote``): small inputs inline, large ones by digest (offered
+from our blob store and announced in the DHT); on the answer, fetch the output if it came by
+digest and verify the receipt before the result is accepted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import blake3
+import trio
+
+from inos_node import __version__
+from inos_node.errors import InvalidParams, PeerError, RemoteProtocolError
+from inos_node.net.blobs import BlobClient, BlobServer, MemoryBlobStore
+from inos_node.net.delegation import DelegationClient, DelegationServer
+from inos_node.net.dht import Dht
+from inos_node.net.discovery import Bootstrapper
+from inos_node.net.gossip import AdvertBook, AdvertPublisher, Gossip, adverts_topic, unix_ms
+from inos_node.net.hello import HelloGate
+from inos_node.net.host import HostConfig, open_host
+from inos_node.protocols.adverts import Advert, MethodPrice
+from inos_node.protocols.decider import PeerView
+from inos_node.receipts import receipt_json, sign_receipt, verify_receipt
+from inos_node.types import Digest, JobRequest, JobResult, Status
+from inos_node.wire.delegation import DelegateResponse, DelegateRun
+
+__all__ = ["Mesh"]
+
+log = logging.getLogger(__name__)
+
+INLINE_MAX = 256 * 1024
+# The simple price model until the economy issue: credits per cost unit, by cost model.
+PRICES = {"call": 1, "mib": 1, "fuel": 1}
+
+
+class Mesh:
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+        self.peer_id = ""
+        self.host: Any = None
+        self.blobs = MemoryBlobStore()
+        self._rtt_ms: dict[str, float] = {}
+        self._fail: dict[str, int] = {}
+        self._ok: dict[str, int] = {}
+        self.served = 0
+
+    # ------------------------------------------------------------------ lifetime
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[Mesh]:
+        d = self.daemon
+        cfg = d.config
+        async with open_host(d.identity, HostConfig(listen=cfg.listen, announce=cfg.announce)) as host:
+            self.host = host
+            self.peer_id = str(host.get_id().to_base58())
+            async with trio.open_nursery() as n:
+                self.dht = Dht(host)
+                await n.start(self.dht.run)
+                self.book = AdvertBook()
+                self.publisher = AdvertPublisher(d.identity, self._make_advert, interval_s=cfg.advert_interval_s)
+                self.gossip = Gossip(host, d.identity, topics=[adverts_topic(self.book, self.publisher)])
+                await n.start(self.gossip.run)
+                await n.start(self.book.run)
+                await n.start(self.publisher.run, self.gossip)
+                self.gate = HelloGate(host, d.identity, cfg.network_id, name=cfg.name, on_verified=self._verified)
+                await n.start(self.gate.run)
+                self.server = DelegationServer(host, self._serve, max_concurrent=cfg.max_jobs)
+                await n.start(self.server.run)
+                self.client = DelegationClient(host)
+                await n.start(self.client.run)
+                self.blob_server = BlobServer(host, self.blobs)
+                await n.start(self.blob_server.run)
+                self.blob_client = BlobClient(host)
+                await n.start(self.blob_client.run)
+                if cfg.bootstrap:
+                    self.boot = Bootstrapper(host, list(cfg.bootstrap))
+                    await n.start(self.boot.run)
+                yield self
+                n.cancel_scope.cancel()
+
+    async def _verified(self, peer_id: str) -> None:
+        log.info("peer %s verified (same network)", peer_id)
+        await self.dht.add_peer(peer_id)
+        self.publisher.changed()
+
+    # ------------------------------------------------------------------ views
+    def addresses(self) -> list[str]:
+        return [str(a) for a in self.host.get_addrs()] if self.host is not None else []
+
+    def connected(self) -> set[str]:
+        return {str(p.to_base58()) for p in self.host.get_connected_peers()}
+
+    def peers(self) -> list[dict[str, Any]]:
+        now = unix_ms()
+        connected = self.connected()
+        out = []
+        known = set(self.gate.verified_peers()) | {a.peer_id for a in self.book.table.snapshot()}
+        for pid in sorted(known - {self.peer_id}):
+            advert = self.book.table.get(pid)
+            out.append({
+                "peer_id": pid,
+                "name": advert.name if advert else "",
+                "connected": pid in connected,
+                "verified": self.gate.verified(pid),
+                "addresses": list(advert.addresses) if advert else [],
+                "methods": len(advert.methods) if advert else 0,
+                "load": advert.load if advert else None,
+                "queue_depth": advert.queue_depth if advert else None,
+                "rtt_ms": round(self._rtt_ms[pid], 3) if pid in self._rtt_ms else None,
+                "advert_age_ms": now - advert.issued_unix_ms if advert else None,
+                "failures": self._fail.get(pid, 0),
+                "successes": self._ok.get(pid, 0),
+            })
+        return out
+
+    def peer_views(self, capsule: str) -> list[PeerView]:
+        now = unix_ms()
+        connected = self.connected()
+        views = []
+        for advert in self.book.table.peers_serving(capsule, now):
+            if advert.peer_id == self.peer_id or advert.peer_id not in connected:
+                continue
+            ok, bad = self._ok.get(advert.peer_id, 0), self._fail.get(advert.peer_id, 0)
+            views.append(PeerView(
+                peer_id=advert.peer_id, price_per_unit=advert.price_of(capsule) or 0, load=advert.load,
+                queue_depth=advert.queue_depth, rtt_ms=self._rtt_ms.get(advert.peer_id, 5.0),
+                reputation=(ok + 1) / (ok + bad + 1),
+            ))
+        return views
+
+    def record_failure(self, peer_id: str) -> None:
+        self._fail[peer_id] = self._fail.get(peer_id, 0) + 1
+
+    def _make_advert(self) -> Advert:
+        d = self.daemon
+        info = d.local.runtime_info()
+        methods = tuple(
+            MethodPrice(m.name, PRICES[m.cost], m.cost) for lib in d.local.engine.libraries for m in lib.methods
+        )
+        return Advert(
+            name=d.config.name, protocol_version=1, methods=methods, load=d._local_load(),
+            queue_depth=self.server.statistics().running if hasattr(self, "server") else 0,
+            cores=info["cores"], features=tuple(f for f in ("avx2", "avx512", "neon") if info.get(f)),
+            addresses=tuple(self.addresses()), api_version=__version__,
+        )
+
+    # ------------------------------------------------------------------ requester side
+    async def run_remote(self, job_id: str, req: Any, target: str, left_ms: int) -> dict[str, Any]:
+        data = req.input
+        if req.input_digest is not None:
+            raise InvalidParams("input by digest can only run where the content is", param="input_digest")
+        digest = blake3.blake3(data).digest()
+        payload: Any = data
+        if len(data) > INLINE_MAX:
+            self.blobs.put(data)
+            payload = Digest(digest)
+        module, module_digest = req.module, None
+        if module is not None and len(module) > INLINE_MAX:
+            module_digest = self.blobs.put(module)
+            module = None
+        job = JobRequest(job_id=job_id, library=req.library, method=req.method, input=payload,
+                         params=dict(req.params), budget=req.budget, deadline_ms=left_ms, replicas=1,
+                         module=module, module_digest=module_digest)
+        t0 = time.perf_counter()
+        resp: DelegateResponse = await self.client.request(target, job, input_digest=digest,
+                                                           deadline_unix_ms=unix_ms() + left_ms)
+        result = resp.result
+        output = b""
+        if result.ok:
+            if isinstance(result.output, Digest):
+                output = await self.blob_client.fetch(target, result.output.value,
+                                                      max_bytes=self.daemon.local.engine.config.max_input_bytes)
+            else:
+                output = bytes(result.output)  # type: ignore[arg-type]
+            verify_receipt(resp.receipt, worker=target, job_id=job_id, requester=self.peer_id,
+                           capsule=req.capsule, input_digest=digest, output=output)
+            self._ok[target] = self._ok.get(target, 0) + 1
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        network_ms = max(0.0, elapsed_ms - result.metrics.wall_ns / 1e6)
+        self._rtt_ms[target] = 0.8 * self._rtt_ms.get(target, network_ms) + 0.2 * network_ms
+        return {
+            "status": result.status.value,
+            "output": output if result.ok else None,
+            "output_len": len(output),
+            "executor": target,
+            "cost": result.cost,
+            "metrics": result.metrics.as_dict(),
+            "receipt": receipt_json(resp.receipt) if resp.receipt is not None and result.ok else None,
+            "error": result.error,
+        }
+
+    # ------------------------------------------------------------------ worker side
+    async def _serve(self, run: DelegateRun, peer_id: str) -> DelegateResponse:
+        job = run.job
+        try:
+            data = await self._input_of(job.input, run.input_digest, peer_id)
+            module = job.module
+            if module is None and job.module_digest:
+                module = await self._blob(job.module_digest, peer_id)
+        except (PeerError, RemoteProtocolError) as exc:
+            return DelegateResponse(run.request_id, JobResult(job.job_id, Status.FAILED, error=str(exc),
+                                                              retryable=True))
+        local_req = replace(job, input=data, module=module, module_digest=None)
+        result = await self.daemon.local.execute(local_req)
+        self.served += 1
+        self.daemon.book.emit({"type": "served", "job_id": job.job_id, "requester": peer_id,
+                               "capsule": f"{job.library}.{job.method}", "status": result.status.value})
+        if not result.ok:
+            return DelegateResponse(run.request_id, replace(result, executor=self.peer_id))
+        output = bytes(result.output)  # type: ignore[arg-type]
+        if self.daemon.config.test_corrupt_outputs and output:
+            output = bytes([output[0] ^ 0xFF]) + output[1:]
+        receipt = sign_receipt(self.daemon.identity, job_id=job.job_id, requester=peer_id, worker=self.peer_id,
+                               capsule=f"{job.library}.{job.method}", input_digest=run.input_digest, output=output,
+                               cost=result.cost, metrics=result.metrics)
+        out_payload: Any = output
+        if len(output) > INLINE_MAX:
+            out_payload = Digest(self.blobs.put(output))
+        return DelegateResponse(run.request_id, replace(result, output=out_payload, executor=self.peer_id),
+                                receipt)
+
+    async def _input_of(self, payload: Any, digest: bytes, requester: str) -> bytes:
+        if isinstance(payload, Digest):
+            return await self._blob(payload.value, requester)
+        data = bytes(payload)
+        if blake3.blake3(data).digest() != digest:
+            raise RemoteProtocolError("the inline input does not match its digest")
+        return data
+
+    async def _blob(self, digest: bytes, requester: str) -> bytes:
+        held = self.blobs.get(digest)
+        if held is not None:
+            return bytes(held)
+        limit = self.daemon.local.engine.config.max_input_bytes
+        try:
+            return await self.blob_client.fetch(requester, digest, max_bytes=limit)
+        except PeerError:
+            for provider in await self.dht.find_providers(digest):
+                if provider not in (requester, self.peer_id):
+                    try:
+                        return await self.blob_client.fetch(provider, digest, max_bytes=limit)
+                    except PeerError:
+                        continue
+            raise
+
+

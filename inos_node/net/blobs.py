@@ -1,0 +1,336 @@
+"""``/inos/blob/1.0.0``: content-addressed bytes (blake3) fetched from a peer in chunks.
+
+Theory of operation
+-------------------
+A fetcher keeps one long-lived blob stream per peer (``net.framing.CorrelatedClient``, the same
+machinery as delegation) and asks for ``(digest, offset, length <= 1 MiB)`` chunks, several at
+once: the first chunk tells the total length, then ``pipeline`` chunk requests stay in flight
+until the blob is complete, so the stream never idles waiting for a round trip.  Chunks land in
+one preallocated buffer; the blake3 of the whole is checked at the end (a mismatch is the
+server's fault: ``RemoteProtocolError``), so a server cannot feed us other content.
+
+The server answers each request on the stream in order, inline in the stream's reader (a
+lookup and a slice: there is nothing slow to overlap, and the requester's few small, pipelined
+requests never stall its writes).  Answers: ``chunk`` (+ totalLength), ``notFound``, or
+``error`` (a bad offset/length, a store failure).
+
+Rules:
+  1. Everything is bounded: a request frame is <= 4 KiB, an answer <= 1 MiB + 4 KiB, a fetch
+     <= ``max_bytes`` (checked on the first answer, before the buffer is allocated).
+  2. ``BlobStore`` is the interface the node provides; ``MemoryBlobStore`` is a bounded LRU (by
+     bytes) kept in memory.  The node may back it by its arena later.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+import blake3
+import trio
+from libp2p.custom_types import TProtocol
+
+from inos_node.errors import InputTooLarge, PeerError, RemoteProtocolError
+from inos_node.net.delegation import open_protocol_stream, peer_of
+from inos_node.net.framing import CorrelatedClient, FrameReader, encode_frame, encode_header, reset_quietly
+from inos_node.wire.delegation import (
+    DIGEST_BYTES,
+    MAX_BLOB_CHUNK,
+    BlobChunk,
+    BlobFailed,
+    BlobNotFound,
+    BlobRequest,
+    BlobResponse,
+    decode_blob_request,
+    decode_blob_response,
+    encode_blob_chunk_parts,
+    encode_blob_request,
+    encode_blob_response,
+)
+
+__all__ = [
+    "CHUNK",
+    "PROTOCOL",
+    "BlobClient",
+    "BlobServer",
+    "BlobStore",
+    "MemoryBlobStore",
+    "digest_of",
+]
+
+PROTOCOL = TProtocol("/inos/blob/1.0.0")
+CHUNK = MAX_BLOB_CHUNK
+_MAX_REQUEST_FRAME = 4096
+_MAX_RESPONSE_FRAME = MAX_BLOB_CHUNK + 4096
+log = logging.getLogger(__name__)
+
+
+def digest_of(data: bytes | bytearray | memoryview) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+class BlobStore(Protocol):
+    def get(self, digest: bytes) -> bytes | memoryview | None: ...
+
+    def put(self, data: bytes | bytearray | memoryview) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatistics:
+    blobs: int
+    bytes_used: int
+    capacity_bytes: int
+    evicted: int
+
+
+class MemoryBlobStore:
+    """Blobs in memory, least recently used evicted first once over ``capacity_bytes``."""
+
+    def __init__(self, capacity_bytes: int = 512 * 1024 * 1024) -> None:
+        if capacity_bytes < 1:
+            raise ValueError("capacity_bytes must be >= 1")
+        self.capacity_bytes = capacity_bytes
+        self._blobs: OrderedDict[bytes, bytes] = OrderedDict()
+        self._used = 0
+        self._evicted = 0
+
+    def get(self, digest: bytes) -> bytes | None:
+        data = self._blobs.get(digest)
+        if data is not None:
+            self._blobs.move_to_end(digest)
+        return data
+
+    def put(self, data: bytes | bytearray | memoryview) -> bytes:
+        """Store ``data``; returns its blake3 digest.
+
+        Raises:
+            InputTooLarge: ``data`` alone is over the store's capacity.
+        """
+        n = len(data)
+        if n > self.capacity_bytes:
+            raise InputTooLarge(f"blob of {n} bytes is over the store's {self.capacity_bytes} bytes",
+                                limit=self.capacity_bytes, observed=n)
+        digest = digest_of(data)
+        if digest in self._blobs:
+            self._blobs.move_to_end(digest)
+            return digest
+        self._blobs[digest] = bytes(data)
+        self._used += n
+        while self._used > self.capacity_bytes:
+            _, old = self._blobs.popitem(last=False)
+            self._used -= len(old)
+            self._evicted += 1
+        return digest
+
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(len(self._blobs), self._used, self.capacity_bytes, self._evicted)
+
+
+# -------------------------------------------------------------------------------------- server
+
+
+class BlobServer:
+    """Serve ``store``'s blobs over ``/inos/blob/1.0.0``.  Start with ``nursery.start(server.run)``."""
+
+    def __init__(self, host: Any, store: BlobStore, *, max_streams: int = 256) -> None:
+        self._host = host
+        self._store = store
+        self._max_streams = max_streams
+        self._streams: set[trio.CancelScope] = set()
+        self._running = False
+        self.streams_reset = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._running = True
+        self._host.set_stream_handler(PROTOCOL, self._on_stream)
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self._running = False
+            try:
+                self._host.remove_stream_handler(PROTOCOL)
+            except Exception:  # noqa: BLE001 - a host already shut down has no handlers to remove
+                log.debug("remove_stream_handler failed", exc_info=True)
+            for scope in list(self._streams):
+                scope.cancel()
+
+    async def _on_stream(self, stream: Any) -> None:
+        """py-libp2p's handler: nothing may escape it (P7)."""
+        peer_id = "?"
+        try:
+            peer_id = peer_of(stream)
+            if not self._running or len(self._streams) >= self._max_streams:
+                await reset_quietly(stream)
+                return
+            scope = trio.CancelScope()
+            self._streams.add(scope)
+            try:
+                with scope:
+                    await self._serve(stream, peer_id)
+            finally:
+                self._streams.discard(scope)
+        except Exception:  # noqa: BLE001 - supervisor: a failing stream must not take the node down (P7)
+            log.exception("blob: stream from peer %s failed", peer_id)
+            await reset_quietly(stream)
+
+    async def _serve(self, stream: Any, peer_id: str) -> None:
+        reader = FrameReader(stream, limit=_MAX_REQUEST_FRAME)
+        try:
+            while True:
+                frame = await reader.read_frame()
+                if frame is None:
+                    break
+                req = decode_blob_request(frame, max_bytes=_MAX_REQUEST_FRAME)
+                answer = self._answer(req)
+                if isinstance(answer, BlobChunk):
+                    # The chunk goes out as it lies in the store: no copy on our side.
+                    head, chunk, pad = encode_blob_chunk_parts(answer, max_bytes=_MAX_RESPONSE_FRAME)
+                    size = len(head) + len(chunk) + len(pad)
+                    await stream.write(encode_header(size, limit=_MAX_RESPONSE_FRAME) + head)
+                    await stream.write(chunk)
+                    if pad:
+                        await stream.write(pad)
+                else:
+                    payload = encode_blob_response(answer, max_bytes=_MAX_RESPONSE_FRAME)
+                    await stream.write(encode_frame(payload, limit=_MAX_RESPONSE_FRAME))
+        except RemoteProtocolError as exc:
+            self.streams_reset += 1
+            log.warning("blob: resetting stream from peer %s: %s", peer_id, exc)
+        except Exception as exc:  # noqa: BLE001 - StreamReset/StreamError & co: the stream is gone
+            log.debug("blob: stream from peer %s ended: %r", peer_id, exc)
+        await reset_quietly(stream)
+
+    def _answer(self, req: BlobRequest) -> BlobResponse:
+        if len(req.digest) != DIGEST_BYTES:
+            return BlobFailed(req.request_id, f"a digest is {DIGEST_BYTES} bytes, got {len(req.digest)}")
+        if not 0 < req.length <= CHUNK:
+            return BlobFailed(req.request_id, f"chunk length must be 1..{CHUNK}, got {req.length}")
+        try:
+            data = self._store.get(req.digest)
+        except Exception as exc:  # noqa: BLE001 - a store failure is answered, not fatal
+            log.warning("blob: store failed for %s: %r", req.digest.hex(), exc)
+            return BlobFailed(req.request_id, f"store error: {type(exc).__name__}")
+        if data is None:
+            return BlobNotFound(req.request_id)
+        total = len(data)
+        if req.offset > total:
+            return BlobFailed(req.request_id, f"offset {req.offset} is past the end ({total} bytes)")
+        view = memoryview(data)[req.offset : req.offset + req.length]
+        return BlobChunk(req.request_id, view, total)
+
+
+# -------------------------------------------------------------------------------------- client
+
+
+class BlobClient:
+    """Fetch blobs from peers.  Start with ``nursery.start(client.run)``.
+
+    Args:
+        pipeline: chunk requests in flight per fetch.
+        chunk_size: bytes per chunk request (<= 1 MiB).
+    """
+
+    def __init__(
+        self,
+        host: Any,
+        *,
+        pipeline: int = 4,
+        chunk_size: int = CHUNK,
+        max_in_flight_per_peer: int = 64,
+    ) -> None:
+        if not 0 < chunk_size <= CHUNK or pipeline < 1:
+            raise ValueError(f"chunk_size must be 1..{CHUNK} and pipeline >= 1")
+        self._pipeline = pipeline
+        self._chunk = chunk_size
+        self._core: CorrelatedClient[BlobResponse] = CorrelatedClient(
+            name="blob",
+            open_stream=partial(open_protocol_stream, host, PROTOCOL),
+            decode=partial(decode_blob_response, max_bytes=_MAX_RESPONSE_FRAME),
+            response_id=_response_id,
+            max_frame=_MAX_RESPONSE_FRAME,
+            max_in_flight=max_in_flight_per_peer,
+        )
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._core.run(task_status=task_status)
+
+    async def _chunk_at(self, peer_id: str, digest: bytes, offset: int, length: int) -> BlobChunk:
+        rid = self._core.next_request_id()
+        resp = await self._core.call(peer_id, rid, encode_blob_request(BlobRequest(rid, digest, offset, length)))
+        if isinstance(resp, BlobNotFound):
+            raise PeerError(f"peer {peer_id} does not have blob {digest.hex()}")
+        if isinstance(resp, BlobFailed):
+            raise PeerError(f"peer {peer_id} failed to serve blob {digest.hex()}: {resp.error}")
+        return resp
+
+    async def fetch(self, peer_id: str, digest: bytes, *, max_bytes: int, deadline: float = math.inf) -> bytes:
+        """The blob named ``digest`` from ``peer_id``, verified.
+
+        Args:
+            max_bytes: refuse blobs larger than this (checked before allocating).
+            deadline: trio time; chunk requests still pending then fail with ``PeerError``.
+
+        Raises:
+            PeerError: the peer does not have it (notFound), answered an error, or the stream
+                broke.  Try another peer.
+            RemoteProtocolError: the blob is over ``max_bytes``, a chunk is inconsistent, or the
+                whole does not hash to ``digest``.
+
+        Cancellation: pending chunk requests are abandoned (their late answers dropped); the
+            stream stays usable.
+        """
+        if len(digest) != DIGEST_BYTES:
+            raise ValueError(f"a digest is {DIGEST_BYTES} bytes")
+        with trio.move_on_at(deadline) as scope:
+            first = await self._chunk_at(peer_id, digest, 0, self._chunk)
+            total = first.total_length
+            if total > max_bytes:
+                raise RemoteProtocolError(f"blob {digest.hex()} is {total} bytes, over the {max_bytes}-byte limit",
+                                          limit=max_bytes, observed=total)
+            # Chunks are kept as they arrive and joined once at the end: one 64 MiB allocation
+            # and copy instead of a zeroed buffer plus a final copy of it.
+            chunks: list[bytes | memoryview] = [b""] * max(1, -(-total // self._chunk))
+            chunks[0] = self._check(first, 0, total, min(self._chunk, total))
+            offsets = iter(range(self._chunk, total, self._chunk))
+            errors: list[Exception] = []
+
+            async def worker(cancel: trio.CancelScope) -> None:
+                try:
+                    for offset in offsets:  # shared iterator: each offset is taken once
+                        n = min(self._chunk, total - offset)
+                        got = await self._chunk_at(peer_id, digest, offset, n)
+                        chunks[offset // self._chunk] = self._check(got, offset, total, n)
+                except (PeerError, RemoteProtocolError) as exc:
+                    errors.append(exc)
+                    cancel.cancel()
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(self._pipeline, len(chunks) - 1)):
+                    nursery.start_soon(worker, nursery.cancel_scope)
+            if errors:
+                raise errors[0]
+        if scope.cancelled_caught:
+            raise PeerError(f"blob {digest.hex()} from {peer_id} not complete by the deadline")
+        data = b"".join(chunks)
+        if digest_of(data) != digest:
+            raise RemoteProtocolError(f"blob from {peer_id} does not hash to {digest.hex()}")
+        return data
+
+    @staticmethod
+    def _check(chunk: BlobChunk, offset: int, total: int, expected: int) -> bytes | memoryview:
+        n = len(chunk.chunk)
+        if chunk.total_length != total or n != expected:
+            raise RemoteProtocolError(
+                f"inconsistent chunk at {offset}: {n} bytes of a {chunk.total_length}-byte blob "
+                f"(expected {expected} bytes of {total})"
+            )
+        return chunk.chunk
+
+
+def _response_id(response: BlobResponse) -> int:
+    return response.request_id

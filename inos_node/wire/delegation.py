@@ -1,0 +1,488 @@
+"""Cap'n Proto codecs for ``/inos/delegate/1.0.0`` and ``/inos/blob/1.0.0`` (schemas/p2p/v1/delegation.capnp).
+
+Rules this module lives by (the same as ``wire.codec``):
+  1. capnp readers and builders never leave this module: decoding returns the frozen dataclasses
+     below (and ``inos_node.types`` for the embedded JobRequest / JobResult).
+  2. Every ``decode_*`` takes a byte limit, checked before capnp sees the bytes, and a traversal
+     limit proportional to the size; any failure at all is a ``RemoteProtocolError``.
+  3. Encoding over the limit is a ``LocalProtocolError``.
+  4. A receipt is signed over the bytes of a ``ReceiptBody`` message built by
+     ``encode_receipt_body`` (fields set in ordinal order into a fresh single-segment message, so
+     the same body always gives the same bytes).  Verifiers check the signature over the bytes
+     they *received* and only then decode them; nobody re-encodes to verify.
+
+The two unions of the schema are unions of dataclasses here:
+``DelegateRequest = DelegateRun | DelegateCancel`` and
+``BlobResponse = BlobChunk | BlobNotFound | BlobFailed``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from inos_node.errors import LocalProtocolError, RemoteProtocolError
+from inos_node.types import JobRequest, JobResult, Metrics, Status
+from inos_node.wire import schemas
+from inos_node.wire.codec import _check_size, _get_payload, _set_payload, _short
+
+__all__ = [
+    "DEFAULT_MAX_FRAME",
+    "DIGEST_BYTES",
+    "MAX_BLOB_CHUNK",
+    "BlobChunk",
+    "BlobFailed",
+    "BlobNotFound",
+    "BlobRequest",
+    "BlobResponse",
+    "DelegateCancel",
+    "DelegateRequest",
+    "DelegateResponse",
+    "DelegateRun",
+    "Receipt",
+    "ReceiptBody",
+    "decode_blob_request",
+    "decode_blob_response",
+    "decode_delegate_request",
+    "decode_delegate_response",
+    "decode_receipt_body",
+    "encode_blob_chunk_parts",
+    "encode_blob_request",
+    "encode_blob_response",
+    "encode_delegate_request",
+    "encode_delegate_response",
+    "encode_receipt_body",
+]
+
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024  # large inputs travel by digest over /inos/blob, not inline
+MAX_BLOB_CHUNK = 1024 * 1024
+DIGEST_BYTES = 32
+_WORD = 8
+
+
+def _schema() -> Any:
+    return schemas.load("p2p/v1/delegation.capnp")
+
+
+# ---------------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True, slots=True)
+class DelegateRun:
+    """Run ``job`` for ``requester`` before ``deadline_unix_ms`` (0: the worker's default)."""
+
+    request_id: int
+    job: JobRequest
+    input_digest: bytes  # blake3 of the input bytes (32), however the input travels
+    requester: str = ""
+    deadline_unix_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DelegateCancel:
+    """Stop the request ``request_id`` sent earlier on this stream."""
+
+    request_id: int
+    requester: str = ""
+
+
+DelegateRequest = DelegateRun | DelegateCancel
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    body: bytes  # the canonical bytes of a ReceiptBody message (what the signature covers)
+    signature: bytes
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptBody:
+    job_id: str
+    requester: str
+    worker: str
+    capsule: str
+    input_digest: bytes
+    output_digest: bytes
+    cost: int = 0
+    metrics: Metrics = field(default_factory=Metrics)
+    finished_unix_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DelegateResponse:
+    request_id: int
+    result: JobResult
+    receipt: Receipt | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlobRequest:
+    request_id: int
+    digest: bytes
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlobChunk:
+    request_id: int
+    chunk: bytes | memoryview
+    total_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlobNotFound:
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlobFailed:
+    request_id: int
+    error: str
+
+
+BlobResponse = BlobChunk | BlobNotFound | BlobFailed
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _finish(m: Any, what: str, max_bytes: int) -> bytes:
+    out: bytes = m.to_bytes()
+    if len(out) > max_bytes:
+        raise LocalProtocolError(
+            f"{what} of {len(out)} bytes is over the {max_bytes}-byte limit", limit=max_bytes, observed=len(out)
+        )
+    return out
+
+
+def _traversal(data: bytes | memoryview) -> int:
+    return len(data) // _WORD * 4 + 1024
+
+
+def _u64(value: int, what: str) -> int:
+    if not 0 <= value < 2**64:
+        raise LocalProtocolError(f"{what} {value} does not fit an unsigned 64-bit field")
+    return value
+
+
+def _fill_job_request(m: Any, req: JobRequest) -> None:
+    m.jobId = req.job_id
+    m.library = req.library
+    m.method = req.method
+    _set_payload(m, "input", req.input)
+    params = m.init("params", len(req.params))
+    for i, (k, v) in enumerate(req.params.items()):
+        params[i].key = k
+        try:
+            params[i].value = json.dumps(v)
+        except (TypeError, ValueError) as exc:
+            raise LocalProtocolError(f"param {k!r} is not JSON-serialisable: {exc}") from exc
+    m.budget = req.budget
+    m.priority = req.priority
+    m.deadlineMs = req.deadline_ms
+    m.replicas = req.replicas
+    if req.module is not None:
+        m.module = req.module
+    if req.module_digest is not None:
+        m.moduleDigest = req.module_digest
+
+
+def _read_job_request(r: Any) -> JobRequest:
+    params: dict[str, Any] = {}
+    for p in r.params:
+        raw = p.value
+        try:
+            params[p.key] = json.loads(raw)
+        except ValueError:
+            params[p.key] = raw
+    return JobRequest(
+        job_id=r.jobId,
+        library=r.library,
+        method=r.method,
+        input=_get_payload(r.input),
+        params=params,
+        budget=r.budget,
+        priority=r.priority,
+        deadline_ms=r.deadlineMs,
+        replicas=r.replicas,
+        module=bytes(r.module) if r._has("module") else None,
+        module_digest=bytes(r.moduleDigest) if r._has("moduleDigest") else None,
+    )
+
+
+def _fill_metrics(mt: Any, metrics: Metrics) -> None:
+    mt.wallNs = metrics.wall_ns
+    mt.cpuNs = metrics.cpu_ns
+    mt.fuel = metrics.fuel
+    mt.peakMemoryBytes = metrics.peak_memory_bytes
+    mt.inputBytes = metrics.input_bytes
+    mt.outputBytes = metrics.output_bytes
+
+
+def _read_metrics(mt: Any) -> Metrics:
+    return Metrics(
+        wall_ns=mt.wallNs,
+        cpu_ns=mt.cpuNs,
+        fuel=mt.fuel,
+        peak_memory_bytes=mt.peakMemoryBytes,
+        input_bytes=mt.inputBytes,
+        output_bytes=mt.outputBytes,
+    )
+
+
+def _fill_job_result(m: Any, res: JobResult) -> None:
+    m.jobId = res.job_id
+    m.status = res.status.value
+    _set_payload(m, "output", res.output)
+    m.cost = res.cost
+    _fill_metrics(m.init("metrics"), res.metrics)
+    m.error = res.error
+    m.retryable = res.retryable
+    m.executor = res.executor
+
+
+def _read_job_result(r: Any) -> JobResult:
+    return JobResult(
+        job_id=r.jobId,
+        status=Status(str(r.status)),
+        output=_get_payload(r.output),
+        cost=r.cost,
+        metrics=_read_metrics(r.metrics),
+        error=r.error,
+        retryable=r.retryable,
+        executor=r.executor,
+    )
+
+
+def _decode(struct_name: str, data: bytes | memoryview, max_bytes: int, what: str, read: Any) -> Any:
+    _check_size(data, max_bytes, what)
+    try:
+        with getattr(_schema(), struct_name).from_bytes(
+            data, traversal_limit_in_words=_traversal(data), nesting_limit=16
+        ) as r:
+            return read(r)
+    except RemoteProtocolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - capnp raises KjException/ValueError/UnicodeError: all mean "malformed"
+        raise RemoteProtocolError(f"malformed {what}: {_short(exc)}") from exc
+
+
+# ---------------------------------------------------------------------------- delegate request
+
+
+def encode_delegate_request(req: DelegateRequest, *, max_bytes: int = DEFAULT_MAX_FRAME) -> bytes:
+    m = _schema().DelegateRequest.new_message()
+    m.requestId = _u64(req.request_id, "requestId")
+    m.requester = req.requester
+    if isinstance(req, DelegateRun):
+        if len(req.input_digest) != DIGEST_BYTES:
+            raise LocalProtocolError(
+                f"inputDigest must be a {DIGEST_BYTES}-byte blake3 digest, got {len(req.input_digest)} bytes",
+                limit=DIGEST_BYTES, observed=len(req.input_digest),
+            )
+        _fill_job_request(m.init("run"), req.job)
+        m.deadlineUnixMs = _u64(req.deadline_unix_ms, "deadlineUnixMs")
+        m.inputDigest = req.input_digest
+    else:
+        m.cancel = None
+    return _finish(m, "delegate request", max_bytes)
+
+
+def _read_delegate_request(r: Any) -> DelegateRequest:
+    if r.which() == "cancel":
+        return DelegateCancel(request_id=r.requestId, requester=r.requester)
+    digest = bytes(r.inputDigest)
+    if len(digest) != DIGEST_BYTES:
+        raise RemoteProtocolError(
+            f"inputDigest must be {DIGEST_BYTES} bytes, got {len(digest)}", limit=DIGEST_BYTES, observed=len(digest)
+        )
+    return DelegateRun(
+        request_id=r.requestId,
+        job=_read_job_request(r.run),
+        requester=r.requester,
+        deadline_unix_ms=r.deadlineUnixMs,
+        input_digest=digest,
+    )
+
+
+def decode_delegate_request(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME) -> DelegateRequest:
+    result: DelegateRequest = _decode("DelegateRequest", data, max_bytes, "delegate request",
+                                      _read_delegate_request)
+    return result
+
+
+# --------------------------------------------------------------------------- delegate response
+
+
+def encode_delegate_response(resp: DelegateResponse, *, max_bytes: int = DEFAULT_MAX_FRAME) -> bytes:
+    m = _schema().DelegateResponse.new_message()
+    m.requestId = _u64(resp.request_id, "requestId")
+    _fill_job_result(m.init("result"), resp.result)
+    if resp.receipt is not None:
+        rc = m.init("receipt")
+        rc.body = resp.receipt.body
+        rc.signature = resp.receipt.signature
+        rc.publicKey = resp.receipt.public_key
+    return _finish(m, "delegate response", max_bytes)
+
+
+def _read_delegate_response(r: Any) -> DelegateResponse:
+    receipt = None
+    if r._has("receipt"):
+        rc = r.receipt
+        receipt = Receipt(body=bytes(rc.body), signature=bytes(rc.signature), public_key=bytes(rc.publicKey))
+    return DelegateResponse(request_id=r.requestId, result=_read_job_result(r.result), receipt=receipt)
+
+
+def decode_delegate_response(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME) -> DelegateResponse:
+    result: DelegateResponse = _decode("DelegateResponse", data, max_bytes, "delegate response",
+                                       _read_delegate_response)
+    return result
+
+
+# ------------------------------------------------------------------------------ receipt body
+
+
+def encode_receipt_body(body: ReceiptBody, *, max_bytes: int = 64 * 1024) -> bytes:
+    """The canonical bytes a worker signs (rule 4)."""
+    m = _schema().ReceiptBody.new_message()
+    m.jobId = body.job_id
+    m.requester = body.requester
+    m.worker = body.worker
+    m.capsule = body.capsule
+    m.inputDigest = body.input_digest
+    m.outputDigest = body.output_digest
+    m.cost = _u64(body.cost, "cost")
+    _fill_metrics(m.init("metrics"), body.metrics)
+    m.finishedUnixMs = _u64(body.finished_unix_ms, "finishedUnixMs")
+    return _finish(m, "receipt body", max_bytes)
+
+
+def _read_receipt_body(r: Any) -> ReceiptBody:
+    return ReceiptBody(
+        job_id=r.jobId,
+        requester=r.requester,
+        worker=r.worker,
+        capsule=r.capsule,
+        input_digest=bytes(r.inputDigest),
+        output_digest=bytes(r.outputDigest),
+        cost=r.cost,
+        metrics=_read_metrics(r.metrics),
+        finished_unix_ms=r.finishedUnixMs,
+    )
+
+
+def decode_receipt_body(data: bytes | memoryview, *, max_bytes: int = 64 * 1024) -> ReceiptBody:
+    result: ReceiptBody = _decode("ReceiptBody", data, max_bytes, "receipt body", _read_receipt_body)
+    return result
+
+
+# ------------------------------------------------------------------------------------- blobs
+
+
+def encode_blob_request(req: BlobRequest, *, max_bytes: int = 4096) -> bytes:
+    if not 0 <= req.length < 2**32:
+        raise LocalProtocolError(f"blob chunk length {req.length} does not fit UInt32")
+    m = _schema().BlobRequest.new_message()
+    m.requestId = _u64(req.request_id, "requestId")
+    m.digest = req.digest
+    m.offset = _u64(req.offset, "offset")
+    m.length = req.length
+    return _finish(m, "blob request", max_bytes)
+
+
+def _read_blob_request(r: Any) -> BlobRequest:
+    return BlobRequest(request_id=r.requestId, digest=bytes(r.digest), offset=r.offset, length=r.length)
+
+
+def decode_blob_request(data: bytes | memoryview, *, max_bytes: int = 4096) -> BlobRequest:
+    result: BlobRequest = _decode("BlobRequest", data, max_bytes, "blob request", _read_blob_request)
+    return result
+
+
+def encode_blob_response(resp: BlobResponse, *, max_bytes: int = MAX_BLOB_CHUNK + 4096) -> bytes:
+    m = _schema().BlobResponse.new_message()
+    m.requestId = _u64(resp.request_id, "requestId")
+    if isinstance(resp, BlobChunk):
+        m.totalLength = _u64(resp.total_length, "totalLength")
+        n = len(resp.chunk)
+        if n > max_bytes:  # refuse before copying a huge chunk into the builder
+            raise LocalProtocolError(
+                f"blob chunk of {n} bytes is over the {max_bytes}-byte limit", limit=max_bytes, observed=n
+            )
+        m.init("chunk", n)
+        m.get_data_as_view("chunk")[:] = resp.chunk  # one copy, straight into the message
+    elif isinstance(resp, BlobNotFound):
+        m.notFound = None
+    else:
+        m.error = resp.error
+    return _finish(m, "blob response", max_bytes)
+
+
+@functools.cache
+def _chunk_layout() -> tuple[int, int, int, int, int, int, int]:
+    """Where BlobResponse keeps its fields, read from the schema (never hard-coded)."""
+    node = _schema().BlobResponse.schema.node
+    fields = {f.name: f for f in node.struct.fields}
+    return (
+        node.struct.dataWordCount,
+        node.struct.pointerCount,
+        fields["requestId"].slot.offset * 8,  # UInt64 slots count in 8-byte units
+        fields["totalLength"].slot.offset * 8,
+        node.struct.discriminantOffset * 2,  # in 2-byte units
+        fields["chunk"].discriminantValue,
+        fields["chunk"].slot.offset,  # index in the pointer section
+    )
+
+
+def encode_blob_chunk_parts(
+    resp: BlobChunk, *, max_bytes: int = MAX_BLOB_CHUNK + 4096
+) -> tuple[bytes, bytes | memoryview, bytes]:
+    """``(head, chunk, padding)``: concatenated, a single-segment BlobResponse message.
+
+    Why: a blob server sends megabytes of chunks, and the builder path copies each chunk three
+    times (into the builder, out of it, into the frame).  This writes the few header words of
+    the message by hand, from the layout the schema declares, and leaves the chunk where it is.
+    The unit tests check that it decodes to ``resp``, and that it is byte-identical to
+    ``encode_blob_response`` whenever the builder also produces a single segment (small chunks;
+    for large ones the builder spills into a second segment, which the framing rule at the top
+    of delegation.capnp does not want anyway).
+    """
+    n = len(resp.chunk)
+    data_words, pointers, rid_at, total_at, disc_at, disc_chunk, ptr_index = _chunk_layout()
+    body_words = (n + 7) // 8
+    size = 8 * (2 + data_words + pointers + body_words)
+    if size > max_bytes:
+        raise LocalProtocolError(
+            f"blob response of {size} bytes is over the {max_bytes}-byte limit", limit=max_bytes, observed=size
+        )
+    head = bytearray(8 * (2 + data_words + pointers))
+    struct.pack_into("<II", head, 0, 0, 1 + data_words + pointers + body_words)  # one segment; its words
+    struct.pack_into("<IHH", head, 8, 0, data_words, pointers)  # root: struct pointer, offset 0
+    data = 16
+    struct.pack_into("<Q", head, data + rid_at, _u64(resp.request_id, "requestId"))
+    struct.pack_into("<Q", head, data + total_at, _u64(resp.total_length, "totalLength"))
+    struct.pack_into("<H", head, data + disc_at, disc_chunk)
+    # list pointer to bytes placed right after the pointer section: kind 1, element size 2 (byte)
+    ptr = data + 8 * data_words + 8 * ptr_index
+    struct.pack_into("<II", head, ptr, ((pointers - 1 - ptr_index) << 2) | 1, (n << 3) | 2)
+    return bytes(head), resp.chunk, bytes(body_words * 8 - n)
+
+
+def _read_blob_response(r: Any) -> BlobResponse:
+    which = r.which()
+    if which == "chunk":
+        return BlobChunk(request_id=r.requestId, chunk=bytes(r.chunk), total_length=r.totalLength)
+    if which == "notFound":
+        return BlobNotFound(request_id=r.requestId)
+    return BlobFailed(request_id=r.requestId, error=r.error)
+
+
+def decode_blob_response(data: bytes | memoryview, *, max_bytes: int = MAX_BLOB_CHUNK + 4096) -> BlobResponse:
+    result: BlobResponse = _decode("BlobResponse", data, max_bytes, "blob response", _read_blob_response)
+    return result
