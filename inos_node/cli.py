@@ -455,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_demo)
 
     _add_client_commands(sub)
+    from inos_node import cli_node
+
+    cli_node.register(sub)
     return parser
 
 

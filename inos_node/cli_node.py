@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from inos_node.errors import ConfigError
+from inos_node.errors import ConfigError, InosError
 
 __all__ = ["default_data_dir", "register"]
 
@@ -109,7 +109,7 @@ def _running_addresses(data_dir: Path, api: str | None) -> list[str] | None:
 
         token = (data_dir / "api.token").read_text().strip()
         info = Client(api or os.environ.get("INOS_API", "127.0.0.1:5050"), token, timeout=2).node()
-    except Exception:  # noqa: BLE001 - no node running is the ordinary case here
+    except (OSError, InosError):  # no node running (or not ours) is the ordinary case here
         return None
     addrs = info.get("addresses")
     return list(addrs) if isinstance(addrs, list) else None

@@ -264,6 +264,18 @@ class Client:
     def peers(self) -> list[dict[str, Any]]:
         return list(self._json("/v1/peers")["peers"])
 
+    def wait_peers(self, *, peer_id: str | None = None, serving: str | None = None, count: int = 1,
+                   timeout_s: float = 10.0) -> bool:
+        """Long-poll the node until it holds ``peer_id``'s advert / ``count`` peers serve ``serving``."""
+        from urllib.parse import urlencode
+
+        q = {"count": count, "timeout_s": timeout_s}
+        if peer_id:
+            q["wait_for"] = peer_id
+        if serving:
+            q["serving"] = serving
+        return bool(self._json("/v1/peers?" + urlencode(q))["condition_met"])
+
     def units(self) -> list[dict[str, Any]]:
         return list(self._json("/v1/units")["units"])
 

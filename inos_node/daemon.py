@@ -166,6 +166,12 @@ class NodeDaemon:
     def peers(self) -> list[dict[str, Any]]:
         return self.net.peers() if self.net is not None else []
 
+    async def wait_peers(self, *, peer_id: str | None, serving: str | None, count: int, timeout_s: float) -> bool:
+        with trio.move_on_after(timeout_s):
+            await self.net.wait_peers(peer_id=peer_id, serving=serving, count=count)
+            return True
+        return False
+
     def units(self) -> list[dict[str, Any]]:
         return self.local.engine.catalog()
 

@@ -35,7 +35,7 @@ from inos_node.net.dht import Dht
 from inos_node.net.discovery import Bootstrapper
 from inos_node.net.gossip import AdvertBook, AdvertPublisher, Gossip, adverts_topic, unix_ms
 from inos_node.net.hello import HelloGate
-from inos_node.net.host import HostConfig, open_host
+from inos_node.net.host import HostConfig, connect, open_host
 from inos_node.protocols.adverts import Advert, MethodPrice
 from inos_node.protocols.decider import PeerView
 from inos_node.receipts import receipt_json, sign_receipt, verify_receipt
@@ -145,6 +145,17 @@ class Mesh:
             ))
         return views
 
+    async def wait_peers(self, *, peer_id: str | None, serving: str | None, count: int) -> None:
+        def met() -> bool:
+            if peer_id and self.book.table.get(peer_id) is None:
+                return False
+            if serving:
+                others = [a for a in self.book.table.peers_serving(serving, unix_ms()) if a.peer_id != self.peer_id]
+                return len(others) >= count
+            return True
+
+        await self.book.wait_until(met)
+
     def record_failure(self, peer_id: str) -> None:
         self._fail[peer_id] = self._fail.get(peer_id, 0) + 1
 
@@ -178,6 +189,7 @@ class Mesh:
         job = JobRequest(job_id=job_id, library=req.library, method=req.method, input=payload,
                          params=dict(req.params), budget=req.budget, deadline_ms=left_ms, replicas=1,
                          module=module, module_digest=module_digest)
+        await self._ensure_connected(target)
         t0 = time.perf_counter()
         resp: DelegateResponse = await self.client.request(target, job, input_digest=digest,
                                                            deadline_unix_ms=unix_ms() + left_ms)
@@ -205,6 +217,26 @@ class Mesh:
             "receipt": receipt_json(resp.receipt) if resp.receipt is not None and result.ok else None,
             "error": result.error,
         }
+
+    async def _ensure_connected(self, peer_id: str) -> None:
+        """Dial a peer we know of (from its advert) but are not connected to yet."""
+        if peer_id in self.connected():
+            return
+        advert = self.book.table.get(peer_id)
+        tried = []
+        for addr in advert.addresses if advert else ():
+            try:
+                await connect(self.host, addr)
+            except PeerError as exc:
+                tried.append(str(exc))
+                continue
+            with trio.move_on_after(5):
+                await self.gate.wait_verified(peer_id)
+            return
+        if not tried and advert is None:
+            raise PeerError(f"peer {peer_id} is not connected and has advertised no address")
+        if tried:
+            raise PeerError(f"cannot reach peer {peer_id}: {'; '.join(tried)}")
 
     # ------------------------------------------------------------------ worker side
     async def _serve(self, run: DelegateRun, peer_id: str) -> DelegateResponse:

@@ -209,12 +209,12 @@ def _submit_from_json(body: bytes) -> tuple[SubmitRequest, bool]:
         params=params,
         module=_b64(doc, "module_b64"),
         placement=doc.get("placement") or "auto",
-        replicas=doc.get("replicas", 1),
-        budget=doc.get("budget", 0),
+        replicas=1 if doc.get("replicas") is None else doc["replicas"],
+        budget=0 if doc.get("budget") is None else doc["budget"],
         timeout_s=timeout,
         prefer=doc.get("prefer"),
     )
-    return req, _bool(doc.get("wait", False), "wait")
+    return req, _bool(False if doc.get("wait") is None else doc["wait"], "wait")
 
 
 def _submit_from_capnp(body: bytes, query: Mapping[str, str], limit: int) -> tuple[SubmitRequest, bool]:
@@ -425,6 +425,20 @@ def make_app(
         return _EventStream(service, event_ping_s, stream_slots, max_event_streams)
 
     async def peers(request: Request) -> Response:
+        q = request.query_params
+        if "wait_for" in q or "serving" in q:
+            # Long poll: answer once the node holds an advert of `wait_for` and/or `count` peers
+            # advertise `serving` (event-driven on the node side), or when timeout_s passes.
+            try:
+                count = int(q.get("count", "1"))
+                timeout_s = float(q.get("timeout_s", "10"))
+            except ValueError:
+                raise _ApiError(400, "count and timeout_s must be numbers", field="count") from None
+            if not (1 <= count <= 1000 and 0 < timeout_s <= 120):
+                raise _ApiError(400, "count must be in [1, 1000] and timeout_s in (0, 120]", field="timeout_s")
+            met = await service.wait_peers(peer_id=q.get("wait_for"), serving=q.get("serving"), count=count,
+                                           timeout_s=timeout_s)
+            return JSONResponse({"peers": service.peers(), "condition_met": met})
         return JSONResponse({"peers": service.peers()})
 
     async def units(request: Request) -> Response:

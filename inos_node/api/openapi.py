@@ -241,6 +241,15 @@ _PATHS: dict[str, Any] = {
         "get": {
             "operationId": "listPeers",
             "summary": "Known peers (peer_id, addresses, name, methods, load, rtt_ms, price...)",
+            "description": "With wait_for and/or serving, a long poll: the answer comes once the node holds "
+            "that peer's advert and `count` peers advertise `serving`, or after timeout_s "
+            "(condition_met tells which).",
+            "parameters": [
+                {"name": "wait_for", "in": "query", "schema": {"type": "string"}, "description": "a peer id"},
+                {"name": "serving", "in": "query", "schema": {"type": "string"}, "description": "library.method"},
+                {"name": "count", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+                {"name": "timeout_s", "in": "query", "schema": {"type": "number", "maximum": 120, "default": 10}},
+            ],
             "responses": {
                 "200": _json(
                     {

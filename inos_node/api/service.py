@@ -259,6 +259,11 @@ class NodeService(Protocol):
         """Known peers: peer_id, addresses, name, methods, load, rtt_ms, price..."""
         ...
 
+    async def wait_peers(self, *, peer_id: str | None, serving: str | None, count: int, timeout_s: float) -> bool:
+        """Wait (without polling) until the node holds ``peer_id``'s advert and ``count`` peers
+        advertise ``serving``; False if ``timeout_s`` passed first."""
+        ...
+
     def units(self) -> list[dict[str, Any]]:
         """The capsule catalog, in ``Engine.catalog()`` format."""
         ...

@@ -123,19 +123,39 @@ async def _echo_stream(stream: Any) -> None:
     await reset_quietly(stream)
 
 
-async def _bulk_sink(stream: Any) -> None:
-    """Read a u64-announced byte count, then that many bytes; answer one byte."""
+async def _read_exactly(stream: Any, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        got = await stream.read(n - len(buf))
+        if not got:
+            raise EOFError
+        buf += got
+    return buf
+
+
+async def _drain(stream: Any, total: int) -> None:
+    left = total
+    while left > 0:
+        chunk = await stream.read(min(left, _MiB))
+        if not chunk:
+            raise EOFError
+        left -= len(chunk)
+
+
+_BULK_CHUNK = os.urandom(_MiB)
+
+
+async def _bulk(stream: Any) -> None:
+    """``P`` + u64 n: read n bytes, answer ``k`` (push);  ``G`` + u64 n: send n bytes (pull)."""
     try:
-        head = b""
-        while len(head) < 8:
-            head += await stream.read(8 - len(head))
-        left = int.from_bytes(head, "little")
-        while left > 0:
-            chunk = await stream.read(min(left, _MiB))
-            if not chunk:
-                raise EOFError
-            left -= len(chunk)
-        await stream.write(b"k")
+        head = await _read_exactly(stream, 9)
+        total = int.from_bytes(head[1:], "little")
+        if head[:1] == b"P":
+            await _drain(stream, total)
+            await stream.write(b"k")
+        else:
+            for _ in range(total // _MiB):
+                await stream.write(_BULK_CHUNK)
         await stream.close()
     except Exception:  # noqa: BLE001 - bench peer went away; never kill the node (P7)
         await reset_quietly(stream)
@@ -157,7 +177,7 @@ async def _serve_main(seed: bytes, blob_mib: int) -> None:
 
     async with open_host(identity, HostConfig()) as host:
         host.set_stream_handler(ECHO_PROTOCOL, _echo_stream)
-        host.set_stream_handler(BULK_PROTOCOL, _bulk_sink)
+        host.set_stream_handler(BULK_PROTOCOL, _bulk)
         async with trio.open_nursery() as nursery:
             await nursery.start(DelegationServer(host, echo_handler(identity, on_start=started)).run)
             await nursery.start(BlobServer(host, store).run)
@@ -294,19 +314,28 @@ async def libp2p_stream_throughput_per_s(
         await reset_quietly(stream)
 
 
-async def libp2p_bulk_mbps(host: Any, peer_id: str, *, total: int = 64 * _MiB, write: int = _MiB) -> dict[str, Any]:
+async def libp2p_bulk_mbps(
+    host: Any, peer_id: str, *, total: int = 64 * _MiB, direction: str = "pull"
+) -> dict[str, Any]:
+    """Raw one-stream bulk transfer, 1 MiB writes.
+
+    ``pull``: the server writes, we read (the direction of a blob fetch, so the fair baseline for
+    ``blob_fetch_mbps``); ``push``: we write, the server reads and acknowledges the last byte.
+    """
     stream = await host.new_stream(ID.from_base58(peer_id), [BULK_PROTOCOL])
     try:
-        chunk = os.urandom(write)
         t = time.perf_counter()
-        await stream.write(total.to_bytes(8, "little"))
-        for _ in range(total // write):
-            await stream.write(chunk)
-        ack = await stream.read(1)
+        if direction == "push":
+            await stream.write(b"P" + total.to_bytes(8, "little"))
+            for _ in range(total // _MiB):
+                await stream.write(_BULK_CHUNK)
+            if await stream.read(1) != b"k":
+                raise RuntimeError("bulk sink did not acknowledge")
+        else:
+            await stream.write(b"G" + total.to_bytes(8, "little"))
+            await _drain(stream, total)
         elapsed = time.perf_counter() - t
-        if ack != b"k":
-            raise RuntimeError("bulk sink did not acknowledge")
-        return {"what": f"raw libp2p, one stream, {total // _MiB} MiB in {write // 1024} KiB writes",
+        return {"what": f"raw libp2p, one stream, {total // _MiB} MiB in 1 MiB writes, {direction}",
                 "bytes": total, "seconds": elapsed, "mb_per_s": total / elapsed / 1e6}
     finally:
         await reset_quietly(stream)

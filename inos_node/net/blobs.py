@@ -28,7 +28,8 @@ import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import blake3
 import trio
@@ -62,6 +63,7 @@ __all__ = [
     "digest_of",
 ]
 
+W = TypeVar("W", bytearray, memoryview)
 PROTOCOL = TProtocol("/inos/blob/1.0.0")
 CHUNK = MAX_BLOB_CHUNK
 _MAX_REQUEST_FRAME = 4096
@@ -70,7 +72,9 @@ log = logging.getLogger(__name__)
 
 
 def digest_of(data: bytes | bytearray | memoryview) -> bytes:
-    return blake3.blake3(data).digest()
+    # Large blobs are hashed on all cores (blake3 splits the tree); small ones are not worth a thread.
+    threads = blake3.blake3.AUTO if len(data) >= 8 * 1024 * 1024 else 1
+    return blake3.blake3(data, max_threads=threads).digest()
 
 
 class BlobStore(Protocol):
@@ -268,21 +272,42 @@ class BlobClient:
             raise PeerError(f"peer {peer_id} failed to serve blob {digest.hex()}: {resp.error}")
         return resp
 
-    async def fetch(self, peer_id: str, digest: bytes, *, max_bytes: int, deadline: float = math.inf) -> bytes:
-        """The blob named ``digest`` from ``peer_id``, verified.
+    async def fetch(self, peer_id: str, digest: bytes, *, max_bytes: int, deadline: float = math.inf) -> bytearray:
+        """The blob named ``digest`` from ``peer_id``, verified, in a fresh ``bytearray``.
+
+        Why a bytearray and not bytes: the chunks are copied once, straight into the one buffer
+        that is returned.  Turning it into ``bytes`` would cost a second allocation and copy of
+        the whole blob (for 64 MiB that is ~15% of the transfer time here, mostly page faults).
+        Use ``fetch_into`` to land the bytes in memory of your own (an arena block).
+
+        Raises: see ``fetch_into``.
+        """
+        return await self.fetch_into(peer_id, digest, max_bytes=max_bytes, allocate=bytearray, deadline=deadline)
+
+    async def fetch_into(
+        self,
+        peer_id: str,
+        digest: bytes,
+        *,
+        max_bytes: int,
+        allocate: Callable[[int], W],
+        deadline: float = math.inf,
+    ) -> W:
+        """Fetch the blob named ``digest`` into ``allocate(total_length)``, verified.
 
         Args:
-            max_bytes: refuse blobs larger than this (checked before allocating).
+            max_bytes: refuse blobs larger than this (checked before ``allocate`` is called).
+            allocate: returns a writable buffer of exactly the given size.
             deadline: trio time; chunk requests still pending then fail with ``PeerError``.
 
         Raises:
-            PeerError: the peer does not have it (notFound), answered an error, or the stream
-                broke.  Try another peer.
+            PeerError: the peer does not have it (notFound), answered an error, the stream
+                broke, or the deadline passed.  Try another peer.
             RemoteProtocolError: the blob is over ``max_bytes``, a chunk is inconsistent, or the
-                whole does not hash to ``digest``.
+                whole does not hash to ``digest`` (the buffer then holds unverified bytes).
 
-        Cancellation: pending chunk requests are abandoned (their late answers dropped); the
-            stream stays usable.
+        Cancellation: pending chunk requests are abandoned (their late answers are dropped);
+            the stream stays usable.
         """
         if len(digest) != DIGEST_BYTES:
             raise ValueError(f"a digest is {DIGEST_BYTES} bytes")
@@ -292,10 +317,11 @@ class BlobClient:
             if total > max_bytes:
                 raise RemoteProtocolError(f"blob {digest.hex()} is {total} bytes, over the {max_bytes}-byte limit",
                                           limit=max_bytes, observed=total)
-            # Chunks are kept as they arrive and joined once at the end: one 64 MiB allocation
-            # and copy instead of a zeroed buffer plus a final copy of it.
-            chunks: list[bytes | memoryview] = [b""] * max(1, -(-total // self._chunk))
-            chunks[0] = self._check(first, 0, total, min(self._chunk, total))
+            out = allocate(total)
+            view = memoryview(out)
+            if len(view) != total or view.readonly:
+                raise ValueError(f"allocate({total}) must return a writable buffer of that size")
+            self._place(view, first, 0, total, min(self._chunk, total))
             offsets = iter(range(self._chunk, total, self._chunk))
             errors: list[Exception] = []
 
@@ -303,33 +329,31 @@ class BlobClient:
                 try:
                     for offset in offsets:  # shared iterator: each offset is taken once
                         n = min(self._chunk, total - offset)
-                        got = await self._chunk_at(peer_id, digest, offset, n)
-                        chunks[offset // self._chunk] = self._check(got, offset, total, n)
+                        self._place(view, await self._chunk_at(peer_id, digest, offset, n), offset, total, n)
                 except (PeerError, RemoteProtocolError) as exc:
                     errors.append(exc)
                     cancel.cancel()
 
             async with trio.open_nursery() as nursery:
-                for _ in range(min(self._pipeline, len(chunks) - 1)):
+                for _ in range(self._pipeline):
                     nursery.start_soon(worker, nursery.cancel_scope)
             if errors:
                 raise errors[0]
         if scope.cancelled_caught:
             raise PeerError(f"blob {digest.hex()} from {peer_id} not complete by the deadline")
-        data = b"".join(chunks)
-        if digest_of(data) != digest:
+        if digest_of(view) != digest:
             raise RemoteProtocolError(f"blob from {peer_id} does not hash to {digest.hex()}")
-        return data
+        return out
 
     @staticmethod
-    def _check(chunk: BlobChunk, offset: int, total: int, expected: int) -> bytes | memoryview:
+    def _place(view: memoryview, chunk: BlobChunk, offset: int, total: int, expected: int) -> None:
         n = len(chunk.chunk)
         if chunk.total_length != total or n != expected:
             raise RemoteProtocolError(
                 f"inconsistent chunk at {offset}: {n} bytes of a {chunk.total_length}-byte blob "
                 f"(expected {expected} bytes of {total})"
             )
-        return chunk.chunk
+        view[offset : offset + n] = chunk.chunk
 
 
 def _response_id(response: BlobResponse) -> int:

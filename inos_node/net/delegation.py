@@ -125,8 +125,10 @@ def _answer(run: DelegateRun, status: Status, error: str, *, retryable: bool = F
 
 
 def sign_receipt(identity: Identity, body: ReceiptBody) -> Receipt:
+    """Sign ``body``'s canonical bytes with the worker's key (its peer id derives from it)."""
     data = encode_receipt_body(body)
-    return Receipt(body=data, signature=identity.sign(data), public_key=identity.public_key)
+    key = identity.signing_key  # derived once: Identity derives it anew on every access
+    return Receipt(body=data, signature=bytes(key.sign(data).signature), public_key=bytes(key.verify_key))
 
 
 def verify_receipt(receipt: Receipt, *, worker_peer_id: str | None = None) -> ReceiptBody:
@@ -420,7 +422,11 @@ class DelegationClient:
         payload = encode_delegate_request(
             DelegateRun(rid, run, input_digest, self._local, deadline_unix_ms), max_bytes=self._max_frame
         )
-        cancel = encode_delegate_request(DelegateCancel(rid, self._local))
+        local = self._local
+
+        def cancel() -> bytes:
+            return encode_delegate_request(DelegateCancel(rid, local))
+
         if deadline_unix_ms:
             give_up = _unix_ms_to_trio(deadline_unix_ms) + self._grace
         else:

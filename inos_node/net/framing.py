@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -113,21 +114,55 @@ def encode_frame(payload: bytes | bytearray | memoryview, *, limit: int) -> byte
 class FrameDecoder:
     """Reassembles frames from arbitrary chunks of a byte stream.
 
+    The chunks are kept as they came (no copy on ``feed``); a frame is cut out of them with one
+    copy when it is complete (or none, when a chunk is exactly one frame's payload).
+
     Resource handling: holds at most one partial frame (<= ``limit`` + 4 bytes) plus whatever
     complete frames the last ``feed`` brought and the caller has not yet taken.
     """
 
-    __slots__ = ("_buf", "_expect", "limit")
+    __slots__ = ("_chunks", "_expect", "_off", "_size", "limit")
 
     def __init__(self, *, limit: int) -> None:
         if limit < 1:
             raise ValueError("limit must be >= 1")
         self.limit = limit
-        self._buf = bytearray()
+        self._chunks: deque[bytes] = deque()
+        self._off = 0  # bytes of _chunks[0] already consumed
+        self._size = 0  # bytes buffered and not consumed
         self._expect = -1  # payload length of the frame being assembled; -1 = prefix not read yet
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        self._buf += data
+        if data:
+            self._chunks.append(data if isinstance(data, bytes) else bytes(data))
+            self._size += len(data)
+
+    def _take(self, n: int) -> bytes:
+        first = self._chunks[0]
+        off = self._off
+        if len(first) - off >= n:
+            out = first if (off == 0 and len(first) == n) else first[off : off + n]
+            off += n
+            if off == len(first):
+                self._chunks.popleft()
+                off = 0
+            self._off = off
+        else:
+            parts = []
+            need = n
+            while need:
+                first = self._chunks[0]
+                piece = first[off : off + need] if (off or len(first) > need) else first
+                parts.append(piece)
+                need -= len(piece)
+                off += len(piece)
+                if off == len(first):
+                    self._chunks.popleft()
+                    off = 0
+            self._off = off
+            out = b"".join(parts)
+        self._size -= n
+        return out
 
     def next_frame(self) -> bytes | None:
         """The next complete frame's payload, or None when more bytes are needed.
@@ -135,28 +170,25 @@ class FrameDecoder:
         Raises:
             RemoteProtocolError: the next prefix announces 0 bytes or more than the limit.
         """
-        buf = self._buf
         if self._expect < 0:
-            if len(buf) < HEADER:
+            if self._size < HEADER:
                 return None
-            self._expect = decode_header(buf, limit=self.limit)
-        end = HEADER + self._expect
-        if len(buf) < end:
+            self._expect = decode_header(self._take(HEADER), limit=self.limit)
+        if self._size < self._expect:
             return None
-        payload = bytes(memoryview(buf)[HEADER:end])
-        del buf[:end]  # O(1) at the front of a bytearray (CPython moves its start pointer)
+        payload = self._take(self._expect)
         self._expect = -1
         return payload
 
     def wanted(self) -> int:
         """Bytes still missing for the frame being assembled (>= 1)."""
         if self._expect < 0:
-            return max(1, HEADER - len(self._buf))
-        return max(1, HEADER + self._expect - len(self._buf))
+            return max(1, HEADER - self._size)
+        return max(1, self._expect - self._size)
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return self._size
 
     def check_eof(self) -> None:
         """Call at end of stream: a partial frame left over is the peer's fault.
@@ -164,12 +196,11 @@ class FrameDecoder:
         Raises:
             RemoteProtocolError: EOF inside a frame (``observed`` = bytes of it we got).
         """
-        if self._buf:
+        if self._size or self._expect >= 0:
+            got = self._size + (HEADER if self._expect >= 0 else 0)
             want = HEADER + self._expect if self._expect >= 0 else HEADER
             raise RemoteProtocolError(
-                f"stream ended inside a frame ({len(self._buf)} of {want} bytes)",
-                limit=want,
-                observed=len(self._buf),
+                f"stream ended inside a frame ({got} of {want} bytes)", limit=want, observed=got
             )
 
 
@@ -346,12 +377,14 @@ class CorrelatedClient(Generic[R]):
         request_id: int,
         payload: bytes,
         *,
-        cancel_payload: bytes | None = None,
+        cancel_payload: Callable[[], bytes] | None = None,
         deadline: float = math.inf,
     ) -> R:
         """Send one request frame and wait for the response with the same request id.
 
         Args:
+            cancel_payload: makes the protocol's cancel frame for this request; called only if
+                the caller gives up before the answer (so most requests never build one).
             deadline: trio time after which we stop waiting (``PeerError``: the peer did not
                 answer in time) and send the cancel frame.
 
@@ -365,7 +398,6 @@ class CorrelatedClient(Generic[R]):
             response that arrives later is dropped.
         """
         frame = encode_frame(payload, limit=self.max_frame)
-        cancel_frame = encode_frame(cancel_payload, limit=self.max_frame) if cancel_payload else None
         ps = await self._stream_for(peer_id)
         if len(ps.pending) >= self.max_in_flight:
             raise LocalProtocolError(
@@ -390,9 +422,9 @@ class CorrelatedClient(Generic[R]):
         finally:
             if ps.pending.get(request_id) is slot:
                 del ps.pending[request_id]
-            if sent and not slot.event.is_set() and cancel_frame is not None:
+            if sent and not slot.event.is_set() and cancel_payload is not None:
                 try:
-                    ps.send.send_nowait(cancel_frame)
+                    ps.send.send_nowait(encode_frame(cancel_payload(), limit=self.max_frame))
                 except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # best effort: the peer stops at its own deadline anyway
         if slot.error is not None:

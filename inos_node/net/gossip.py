@@ -179,6 +179,21 @@ class GossipStatistics:
     publish_errors: int
 
 
+def _guarded_stream_handler(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    async def guarded(stream: Any) -> None:
+        try:
+            await handler(stream)
+        except Exception as exc:  # noqa: BLE001 - P7: policy: reset this stream, keep the host alive
+            log.debug("pubsub stream handler failed (%r); resetting the stream", exc)
+            with trio.move_on_after(1):
+                try:
+                    await stream.reset()
+                except Exception:  # noqa: BLE001 - the stream may be gone already; nothing to do
+                    pass
+
+    return guarded
+
+
 class _ConnectionWatcher(INotifee):  # type: ignore[misc]
     """Forwards 'peer connected' to a bounded channel; drops when full (a missed hook only
     delays a republish until the next period)."""
@@ -277,6 +292,11 @@ class Gossip:
         """
         router = self._make_router()
         pubsub = Pubsub(self._host, router, strict_signing=True, seen_ttl=self.config.seen_ttl_s)
+        # Pubsub's inbound stream handler runs in the swarm, not in pubsub's service: an error
+        # there (e.g. a message arriving while pubsub stops: "Nursery is closed to new
+        # arrivals") would take the host down (P7).  Guard it, and unregister it on exit.
+        for proto in router.get_protocols():
+            self._host.set_stream_handler(proto, _guarded_stream_handler(pubsub.stream_handler))
         for topic in self._topics.values():
             if topic.validate is not None:
                 pubsub.set_topic_validator(topic.name, self._guarded_validator(topic), False)
@@ -302,6 +322,8 @@ class Gossip:
                     task_status.started()
             finally:
                 self._pubsub = self._router = None
+                for proto in router.get_protocols():
+                    self._host.remove_stream_handler(proto)
                 self._host.get_network().remove_notifee(watcher)
                 joined_send.close()
 

@@ -59,6 +59,9 @@ __all__ = [
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024  # large inputs travel by digest over /inos/blob, not inline
 MAX_BLOB_CHUNK = 1024 * 1024
+_U16 = struct.Struct("<H")
+_U64 = struct.Struct("<Q")
+_U32X2 = struct.Struct("<II")
 DIGEST_BYTES = 32
 _WORD = 8
 
@@ -483,6 +486,53 @@ def _read_blob_response(r: Any) -> BlobResponse:
     return BlobFailed(request_id=r.requestId, error=r.error)
 
 
+def _signed30(v: int) -> int:
+    return v - (1 << 30) if v & (1 << 29) else v
+
+
+def _fast_chunk(data: bytes | memoryview) -> BlobChunk | None:
+    """A ``chunk`` answer laid out the usual way (one segment, struct, then the bytes), read
+    without copying: the chunk is a memoryview into ``data``.  Anything else -> None, and the
+    caller decodes with capnp.  Every offset is bounds-checked; the tests check that whatever
+    this accepts, capnp decodes to the same value."""
+    mv = memoryview(data)
+    size = len(mv)
+    if size < 16:
+        return None
+    segs, seg_words = _U32X2.unpack_from(mv, 0)
+    if segs != 0 or 8 + 8 * seg_words != size:
+        return None
+    root_lo, root_hi = _U32X2.unpack_from(mv, 8)
+    data_words, pointers, rid_at, total_at, disc_at, disc_chunk, ptr_index = _chunk_layout()
+    dw, pc = root_hi & 0xFFFF, root_hi >> 16
+    if root_lo & 3 or dw < data_words or pc < pointers:
+        return None
+    start = 16 + 8 * _signed30(root_lo >> 2)
+    if start < 16 or start + 8 * (dw + pc) > size:
+        return None
+    if _U16.unpack_from(mv, start + disc_at)[0] != disc_chunk:
+        return None
+    (rid,) = _U64.unpack_from(mv, start + rid_at)
+    (total,) = _U64.unpack_from(mv, start + total_at)
+    ptr = start + 8 * dw + 8 * ptr_index
+    lo, hi = _U32X2.unpack_from(mv, ptr)
+    if lo == 0 and hi == 0:
+        return BlobChunk(rid, b"", total)  # a null pointer reads as empty Data
+    if lo & 3 != 1 or hi & 7 != 2:
+        return None
+    begin = ptr + 8 + 8 * _signed30(lo >> 2)
+    count = hi >> 3
+    if begin < 16 or begin + count > size:
+        return None
+    return BlobChunk(rid, mv[begin : begin + count], total)
+
+
 def decode_blob_response(data: bytes | memoryview, *, max_bytes: int = MAX_BLOB_CHUNK + 4096) -> BlobResponse:
+    """Decode an answer.  A chunk in the usual layout comes back as a memoryview into ``data``
+    (no copy; it keeps ``data`` alive); anything else goes through capnp."""
+    _check_size(data, max_bytes, "blob response")
+    fast = _fast_chunk(data)
+    if fast is not None:
+        return fast
     result: BlobResponse = _decode("BlobResponse", data, max_bytes, "blob response", _read_blob_response)
     return result

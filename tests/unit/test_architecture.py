@@ -14,9 +14,11 @@ OWNERS = {
     "mmap": ("arena/",),
     "multiprocessing": (),
     "libp2p": ("net/",),
+    "starlette": ("api/",),
+    "hypercorn": ("api/",),
 }
 # pure decision cores: standard library, inos_node.types and inos_node.errors only
-CORES = ("actors/supervision.py",)
+CORES = ("actors/supervision.py", "protocols/decider.py", "protocols/adverts.py")
 CORE_ALLOWED_INOS = {"inos_node.types", "inos_node.errors"}
 
 

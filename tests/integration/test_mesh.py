@@ -1,0 +1,150 @@
+"""Real node processes on loopback: Noise-encrypted py-libp2p between them, the control API, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+
+import blake3
+import pytest
+
+from inos_node.api.service import SubmitRequest
+from inos_node.client import ApiError
+from inos_node.testing.procs import NodeProc, start_node
+
+pytestmark = pytest.mark.integration
+
+EVOLVE = {"population": 8, "generations": 30, "count": 150, "steps": 40, "seed": 5}  # a few seconds of work
+
+
+@pytest.fixture(scope="module")
+def trio_nodes(tmp_path_factory):
+    """A (the bootstrap), B and C, all connected and aware of each other's adverts."""
+    base = tmp_path_factory.mktemp("mesh")
+    a = start_node(base, "a")
+    b = start_node(base, "b", bootstrap=(a.address,))
+    c = start_node(base, "c", bootstrap=(a.address,))
+    nodes = (a, b, c)
+    try:
+        for n in nodes:
+            assert n.client().wait_peers(serving="system.echo", count=2, timeout_s=30), f"{n.name} sees both peers"
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def test_peer_pinned_capsule_runs_there_with_a_verified_receipt(trio_nodes, inos_cmd):
+    a, b, _ = trio_nodes
+    p = subprocess.run([*inos_cmd, "submit", "compute.blake3", "--input", "-", "--peer", b.peer_id, "--json",
+                        "--api", a.api, "--token", a.token], input=b"hello mesh", capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["status"] == "success" and doc["executor"] == b.peer_id
+    assert base64.b64decode(doc["output_b64"]) == blake3.blake3(b"hello mesh").digest()
+    receipt = doc["receipt"]
+    assert receipt["worker"] == b.peer_id and receipt["requester"] == a.peer_id
+    assert receipt["input_digest"] == blake3.blake3(b"hello mesh").hexdigest()
+    assert receipt["output_digest"] == blake3.blake3(base64.b64decode(doc["output_b64"])).hexdigest()
+
+
+def test_remote_picks_a_serving_peer_and_the_wasm_module_travels(trio_nodes, capsules):
+    a, b, c = trio_nodes
+    rec = a.client().run(SubmitRequest("wasm.run", b"stressed", module=(capsules / "reverse.wat").read_bytes(),
+                                       params={"fuel": 1_000_000}, placement="remote"))
+    assert rec.ok, rec.error
+    assert rec.executor in (b.peer_id, c.peer_id)
+    assert rec.output == b"desserts"
+    assert rec.receipt is not None and rec.receipt["worker"] == rec.executor
+    assert rec.cost == rec.metrics["fuel"] > 0
+
+
+def test_large_input_travels_by_digest(trio_nodes):
+    a, b, _ = trio_nodes
+    data = bytes(range(256)) * (3 * 4096)  # 3 MiB: over the inline limit, fetched over /inos/blob
+    rec = a.client().run(SubmitRequest("compute.sha256", data, placement=f"peer:{b.peer_id}"))
+    assert rec.ok, rec.error
+    import hashlib
+
+    assert rec.output == hashlib.sha256(data).digest() and rec.receipt["input_digest"] == blake3.blake3(data).hexdigest()
+
+
+def test_replicas_agree_on_honest_peers(trio_nodes):
+    a, b, c = trio_nodes
+    rec = a.client().run(SubmitRequest("compute.sha256", b"abc", replicas=2, placement="remote"))
+    assert rec.ok, rec.error
+    assert {r["executor"] for r in rec.replicas} == {b.peer_id, c.peer_id}
+    assert len({r["output_digest"] for r in rec.replicas}) == 1
+
+
+def test_without_the_token_the_api_answers_401(trio_nodes):
+    from inos_node.client import Client
+
+    a = trio_nodes[0]
+    with pytest.raises(ApiError) as info:
+        Client(a.api, "not-the-token").peers()
+    assert info.value.status == 401
+
+
+def test_a_late_joiner_finds_the_mesh_through_bootstrap_and_gets_adverts(trio_nodes, tmp_path):
+    a, b, c = trio_nodes
+    d = start_node(tmp_path, "d", bootstrap=(a.address,))
+    try:
+        client = d.client()
+        assert client.wait_peers(peer_id=b.peer_id, timeout_s=30)
+        assert client.wait_peers(peer_id=c.peer_id, timeout_s=30)
+        known = {p["peer_id"] for p in client.peers()}
+        assert {a.peer_id, b.peer_id, c.peer_id} <= known
+        rec = client.run(SubmitRequest("system.echo", b"hi", placement=f"peer:{c.peer_id}"))
+        assert rec.ok and rec.output == b"hi"
+    finally:
+        d.stop()
+
+
+def test_a_peer_killed_mid_capsule_is_retried_on_another(tmp_path):
+    a = start_node(tmp_path, "a")
+    workers = [start_node(tmp_path, n, bootstrap=(a.address,)) for n in ("w1", "w2")]
+    try:
+        client = a.client()
+        assert client.wait_peers(serving="boids.evolve", count=2, timeout_s=30)
+        victim: list[NodeProc] = []
+        with client.events(timeout=180) as events:  # live before the job exists: no event is missed
+            job_id = client.submit(SubmitRequest("boids.evolve", b"", params=EVOLVE, placement="remote",
+                                                 timeout_s=120))
+            for ev in events:
+                if ev.get("job_id") != job_id:
+                    continue
+                if ev.get("type") == "running" and not victim:
+                    victim.extend(w for w in workers if w.peer_id == ev.get("executor"))
+                    assert victim, f"the job runs on a worker: {ev}"
+                    victim[0].kill()
+                if ev.get("type") == "finished":
+                    break
+        rec = client.job(job_id)
+        assert victim, "the executor was killed while the job ran"
+        assert rec.ok, rec.error
+        survivor = next(w for w in workers if w is not victim[0])
+        assert rec.executor == survivor.peer_id
+        assert rec.receipt["worker"] == survivor.peer_id
+    finally:
+        for n in (a, *workers):
+            n.stop()
+
+
+def test_a_lying_peer_is_caught_by_replicas(tmp_path):
+    a = start_node(tmp_path, "a")
+    honest = start_node(tmp_path, "honest", bootstrap=(a.address,))
+    liar = start_node(tmp_path, "liar", bootstrap=(a.address,), env={"INOS_TEST_CORRUPT_OUTPUTS": "1"})
+    try:
+        client = a.client()
+        assert client.wait_peers(serving="compute.sha256", count=2, timeout_s=30)
+        rec = client.run(SubmitRequest("compute.sha256", b"trust but verify", replicas=2, placement="remote"))
+        assert rec.status == "failed"
+        assert "replicas disagree" in rec.error
+        assert {r["executor"] for r in rec.replicas} == {honest.peer_id, liar.peer_id}
+        assert all(r["receipt"] is not None for r in rec.replicas), "the error carries both receipts"
+        assert len({r["output_digest"] for r in rec.replicas}) == 2
+    finally:
+        for n in (a, honest, liar):
+            n.stop()
