@@ -7,12 +7,15 @@ the same run so that they can be compared.  The functions return dicts and print
   libp2p_stream_rtt_p50_us       raw echo of 100-byte frames over one persistent stream, one at
                                  a time (u32 framing, no capnp)
   libp2p_stream_throughput_per_s the same echo with 32 requests in flight over ONE stream
-  libp2p_bulk_mbps               one stream, 64 MiB in 1 MiB writes; timed until the receiver
-                                 acknowledges the last byte (MB = 10^6 bytes)
+  libp2p_bulk_mbps               one stream, 64 MiB in 1 MiB writes (MB = 10^6 bytes); "pull":
+                                 the server writes, we read (a blob fetch's direction, so its
+                                 fair baseline); "push": we write until the server acknowledges
+                                 the last byte
   delegate_echo                  DelegationClient -> DelegationServer running ``system.echo`` of
                                  100 bytes (capnp both ways, a signed receipt), one at a time, and
                                  with 32 in flight
-  blob_fetch_mbps                BlobClient.fetch of a 64 MiB blob (verified)
+  blob_fetch_mbps                BlobClient.fetch of a 64 MiB blob (verified), into a fresh
+                                 bytearray or (fetch_into) a reused buffer
 
 The server process also backs the cross-process integration tests: it runs ``echo_handler``
 (methods ``echo``, ``upper``, ``sleep``, ``fail``) and prints ``STARTED <requestId>`` when a
@@ -102,8 +105,14 @@ def echo_handler(identity: Identity, *, on_start: Callable[[DelegateRun], None] 
         )
         return DelegateResponse(
             request_id=run.request_id,
-            result=JobResult(job_id=job.job_id, status=Status.SUCCESS, output=out, cost=1,
-                             metrics=body.metrics, executor=worker),
+            result=JobResult(
+                job_id=job.job_id,
+                status=Status.SUCCESS,
+                output=out,
+                cost=1,
+                metrics=body.metrics,
+                executor=worker,
+            ),
             receipt=sign_receipt(identity, body),
         )
 
@@ -195,7 +204,9 @@ class ServerProcess:
 
 
 @asynccontextmanager
-async def open_server_process(*, seed: bytes | None = None, blob_mib: int = 0) -> AsyncIterator[ServerProcess]:
+async def open_server_process(
+    *, seed: bytes | None = None, blob_mib: int = 0
+) -> AsyncIterator[ServerProcess]:
     """A bench/echo server in a child process; yields once it prints its address.
 
     Resource handling: on exit stdin is closed (the child exits) and the child is killed if it
@@ -252,8 +263,9 @@ async def open_server_process(*, seed: bytes | None = None, blob_mib: int = 0) -
 
 def _process_starter(cmd: list[str]) -> Callable[..., Awaitable[Any]]:
     async def start(*, task_status: trio.TaskStatus[trio.Process]) -> None:
-        await trio.run_process(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, check=False,
-                               task_status=task_status)
+        await trio.run_process(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, check=False, task_status=task_status
+        )
 
     return start
 
@@ -270,7 +282,9 @@ def _summary(samples_s: list[float]) -> dict[str, float]:
     }
 
 
-async def libp2p_stream_rtt_p50_us(host: Any, peer_id: str, *, n: int = 2000, size: int = 100) -> dict[str, Any]:
+async def libp2p_stream_rtt_p50_us(
+    host: Any, peer_id: str, *, n: int = 2000, size: int = 100
+) -> dict[str, Any]:
     stream = await host.new_stream(ID.from_base58(peer_id), [ECHO_PROTOCOL])
     try:
         reader = FrameReader(stream, limit=_ECHO_LIMIT)
@@ -308,8 +322,12 @@ async def libp2p_stream_throughput_per_s(
                 await reader.read_frame()
                 window.release()
         elapsed = time.perf_counter() - t
-        return {"what": f"raw libp2p echo, ONE stream, {in_flight} in flight (u32 framing)", "n": n,
-                "size": size, "per_s": n / elapsed}
+        return {
+            "what": f"raw libp2p echo, ONE stream, {in_flight} in flight (u32 framing)",
+            "n": n,
+            "size": size,
+            "per_s": n / elapsed,
+        }
     finally:
         await reset_quietly(stream)
 
@@ -335,8 +353,12 @@ async def libp2p_bulk_mbps(
             await stream.write(b"G" + total.to_bytes(8, "little"))
             await _drain(stream, total)
         elapsed = time.perf_counter() - t
-        return {"what": f"raw libp2p, one stream, {total // _MiB} MiB in 1 MiB writes, {direction}",
-                "bytes": total, "seconds": elapsed, "mb_per_s": total / elapsed / 1e6}
+        return {
+            "what": f"raw libp2p, one stream, {total // _MiB} MiB in 1 MiB writes, {direction}",
+            "bytes": total,
+            "seconds": elapsed,
+            "mb_per_s": total / elapsed / 1e6,
+        }
     finally:
         await reset_quietly(stream)
 
@@ -349,8 +371,12 @@ async def delegate_echo(
 
     async def one(i: int) -> float:
         t = time.perf_counter()
-        r = await client.request(peer_id, JobRequest(f"b{i}", "system", "echo", data), input_digest=digest,
-                                 deadline_unix_ms=int(time.time() * 1000) + 30_000)
+        r = await client.request(
+            peer_id,
+            JobRequest(f"b{i}", "system", "echo", data),
+            input_digest=digest,
+            deadline_unix_ms=int(time.time() * 1000) + 30_000,
+        )
         if r.result.status is not Status.SUCCESS:
             raise RuntimeError(f"delegate echo failed: {r.result.error}")
         return time.perf_counter() - t
@@ -374,42 +400,90 @@ async def delegate_echo(
 
             nursery.start_soon(go)
     per_s = n * 2 / (time.perf_counter() - t)
-    return {"what": "DelegationClient -> DelegationServer system.echo (capnp + signed receipt)", "size": size,
-            **_summary(samples), f"per_s_{in_flight}_in_flight": per_s}
+    return {
+        "what": "DelegationClient -> DelegationServer system.echo (capnp + signed receipt)",
+        "size": size,
+        **_summary(samples),
+        f"per_s_{in_flight}_in_flight": per_s,
+    }
 
 
-async def blob_fetch_mbps(client: BlobClient, peer_id: str, *, size: int = 64 * _MiB) -> dict[str, Any]:
+async def blob_fetch_mbps(
+    client: BlobClient, peer_id: str, *, size: int = 64 * _MiB, into: bytearray | None = None
+) -> dict[str, Any]:
+    """Fetch the server's bench blob: into a fresh bytearray (``fetch``), or into ``into``
+    (``fetch_into``, as into an arena block: no page faults for a fresh 64 MiB buffer)."""
     digest = blake3.blake3(bench_blob(size)).digest()
     t = time.perf_counter()
-    data = await client.fetch(peer_id, digest, max_bytes=size)
+    if into is None:
+        data: bytearray | memoryview = await client.fetch(peer_id, digest, max_bytes=size)
+        what = "fetch (fresh bytearray)"
+    else:
+        data = await client.fetch_into(
+            peer_id, digest, max_bytes=size, allocate=lambda n: memoryview(into)[:n]
+        )
+        what = "fetch_into (reused buffer)"
     elapsed = time.perf_counter() - t
     if len(data) != size:
         raise RuntimeError("short blob")
-    return {"what": f"BlobClient.fetch {size // _MiB} MiB, verified", "bytes": size, "seconds": elapsed,
-            "mb_per_s": size / elapsed / 1e6}
+    return {
+        "what": f"BlobClient.{what} {size // _MiB} MiB, verified",
+        "bytes": size,
+        "seconds": elapsed,
+        "mb_per_s": size / elapsed / 1e6,
+    }
 
 
-async def run_mesh_bench(*, quick: bool = False) -> dict[str, Any]:
-    """All baselines against one server process, in one run (see the module docstring)."""
+def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "what": runs[0]["what"],
+        "mb_per_s": stats.median(r["mb_per_s"] for r in runs),
+        "runs_mb_per_s": [round(r["mb_per_s"], 1) for r in runs],
+    }
+
+
+async def run_mesh_bench(*, quick: bool = False, reps: int = 3) -> dict[str, Any]:
+    """All baselines against one server process, in one run (see the module docstring).
+
+    Bulk and blob runs are interleaved ``reps`` times and reported as medians (with every run),
+    because a shared machine's noise is larger than the differences being measured.
+    """
     quiet_libp2p_logs()
     n = 300 if quick else 2000
     blob_mib = 16 if quick else 64
-    async with open_server_process(blob_mib=blob_mib) as server, \
-            open_host(Identity(os.urandom(32)), HostConfig()) as host, trio.open_nursery() as nursery:
+    size = blob_mib * _MiB
+    async with (
+        open_server_process(blob_mib=blob_mib) as server,
+        open_host(Identity(os.urandom(32)), HostConfig()) as host,
+        trio.open_nursery() as nursery,
+    ):
         peer = await connect(host, server.address)
         dclient = DelegationClient(host)
         bclient = BlobClient(host)
         await nursery.start(dclient.run)
         await nursery.start(bclient.run)
-        out: dict[str, Any] = {"server": "another process, 127.0.0.1, TCP + Noise + Yamux"}
+        out: dict[str, Any] = {
+            "server": "another process, 127.0.0.1, TCP + Noise + Yamux",
+            "cpus": os.cpu_count(),
+        }
         out["libp2p_stream_rtt"] = await libp2p_stream_rtt_p50_us(host, peer, n=n)
         out["libp2p_stream_throughput"] = await libp2p_stream_throughput_per_s(host, peer, n=n * 2)
-        out["libp2p_bulk"] = await libp2p_bulk_mbps(host, peer, total=blob_mib * _MiB)
         out["delegate_echo"] = await delegate_echo(dclient, peer, n=n // 2)
-        out["blob_fetch"] = await blob_fetch_mbps(bclient, peer, size=blob_mib * _MiB)
-        out["libp2p_bulk_again"] = await libp2p_bulk_mbps(host, peer, total=blob_mib * _MiB)
-        raw = max(out["libp2p_bulk"]["mb_per_s"], out["libp2p_bulk_again"]["mb_per_s"])
-        out["blob_vs_raw_bulk"] = out["blob_fetch"]["mb_per_s"] / raw
+        buffer = bytearray(size)
+        await blob_fetch_mbps(bclient, peer, size=size)  # warm-up: Yamux windows grow on first use
+        runs: dict[str, list[dict[str, Any]]] = {"pull": [], "push": [], "fetch": [], "fetch_into": []}
+        for _ in range(reps):
+            runs["pull"].append(await libp2p_bulk_mbps(host, peer, total=size, direction="pull"))
+            runs["fetch"].append(await blob_fetch_mbps(bclient, peer, size=size))
+            runs["fetch_into"].append(await blob_fetch_mbps(bclient, peer, size=size, into=buffer))
+            runs["push"].append(await libp2p_bulk_mbps(host, peer, total=size, direction="push"))
+        out["libp2p_bulk_pull"] = _median_of(runs["pull"])
+        out["libp2p_bulk_push"] = _median_of(runs["push"])
+        out["blob_fetch"] = _median_of(runs["fetch"])
+        out["blob_fetch_into"] = _median_of(runs["fetch_into"])
+        raw = out["libp2p_bulk_pull"]["mb_per_s"]
+        out["blob_fetch_vs_raw_pull"] = out["blob_fetch"]["mb_per_s"] / raw
+        out["blob_fetch_into_vs_raw_pull"] = out["blob_fetch_into"]["mb_per_s"] / raw
         nursery.cancel_scope.cancel()
     return out
 

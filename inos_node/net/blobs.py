@@ -26,9 +26,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 import blake3
@@ -36,8 +36,16 @@ import trio
 from libp2p.custom_types import TProtocol
 
 from inos_node.errors import InputTooLarge, PeerError, RemoteProtocolError
-from inos_node.net.delegation import open_protocol_stream, peer_of
-from inos_node.net.framing import CorrelatedClient, FrameReader, encode_frame, encode_header, reset_quietly
+from inos_node.net.delegation import open_protocol_stream
+from inos_node.net.framing import (
+    Admit,
+    CorrelatedClient,
+    FrameReader,
+    InboundStreams,
+    encode_frame,
+    encode_header,
+    reset_quietly,
+)
 from inos_node.wire.delegation import (
     DIGEST_BYTES,
     MAX_BLOB_CHUNK,
@@ -116,8 +124,11 @@ class MemoryBlobStore:
         """
         n = len(data)
         if n > self.capacity_bytes:
-            raise InputTooLarge(f"blob of {n} bytes is over the store's {self.capacity_bytes} bytes",
-                                limit=self.capacity_bytes, observed=n)
+            raise InputTooLarge(
+                f"blob of {n} bytes is over the store's {self.capacity_bytes} bytes",
+                limit=self.capacity_bytes,
+                observed=n,
+            )
         digest = digest_of(data)
         if digest in self._blobs:
             self._blobs.move_to_end(digest)
@@ -140,47 +151,37 @@ class MemoryBlobStore:
 class BlobServer:
     """Serve ``store``'s blobs over ``/inos/blob/1.0.0``.  Start with ``nursery.start(server.run)``."""
 
-    def __init__(self, host: Any, store: BlobStore, *, max_streams: int = 256) -> None:
+    def __init__(
+        self,
+        host: Any,
+        store: BlobStore,
+        *,
+        max_streams: int = 256,
+        max_streams_per_peer: int = 4,
+        admit: Admit | None = None,
+    ) -> None:
         self._host = host
         self._store = store
-        self._max_streams = max_streams
-        self._streams: set[trio.CancelScope] = set()
-        self._running = False
+        self._inbound = InboundStreams(
+            "blob", max_streams=max_streams, max_per_peer=max_streams_per_peer, admit=admit
+        )
         self.streams_reset = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._running = True
+        self._inbound.running = True
         self._host.set_stream_handler(PROTOCOL, self._on_stream)
         try:
             task_status.started()
             await trio.sleep_forever()
         finally:
-            self._running = False
+            self._inbound.stop()
             try:
                 self._host.remove_stream_handler(PROTOCOL)
             except Exception:  # noqa: BLE001 - a host already shut down has no handlers to remove
                 log.debug("remove_stream_handler failed", exc_info=True)
-            for scope in list(self._streams):
-                scope.cancel()
 
     async def _on_stream(self, stream: Any) -> None:
-        """py-libp2p's handler: nothing may escape it (P7)."""
-        peer_id = "?"
-        try:
-            peer_id = peer_of(stream)
-            if not self._running or len(self._streams) >= self._max_streams:
-                await reset_quietly(stream)
-                return
-            scope = trio.CancelScope()
-            self._streams.add(scope)
-            try:
-                with scope:
-                    await self._serve(stream, peer_id)
-            finally:
-                self._streams.discard(scope)
-        except Exception:  # noqa: BLE001 - supervisor: a failing stream must not take the node down (P7)
-            log.exception("blob: stream from peer %s failed", peer_id)
-            await reset_quietly(stream)
+        await self._inbound.serve(stream, self._serve)
 
     async def _serve(self, stream: Any, peer_id: str) -> None:
         reader = FrameReader(stream, limit=_MAX_REQUEST_FRAME)
@@ -265,14 +266,18 @@ class BlobClient:
 
     async def _chunk_at(self, peer_id: str, digest: bytes, offset: int, length: int) -> BlobChunk:
         rid = self._core.next_request_id()
-        resp = await self._core.call(peer_id, rid, encode_blob_request(BlobRequest(rid, digest, offset, length)))
+        resp = await self._core.call(
+            peer_id, rid, encode_blob_request(BlobRequest(rid, digest, offset, length))
+        )
         if isinstance(resp, BlobNotFound):
             raise PeerError(f"peer {peer_id} does not have blob {digest.hex()}")
         if isinstance(resp, BlobFailed):
             raise PeerError(f"peer {peer_id} failed to serve blob {digest.hex()}: {resp.error}")
         return resp
 
-    async def fetch(self, peer_id: str, digest: bytes, *, max_bytes: int, deadline: float = math.inf) -> bytearray:
+    async def fetch(
+        self, peer_id: str, digest: bytes, *, max_bytes: int, deadline: float = math.inf
+    ) -> bytearray:
         """The blob named ``digest`` from ``peer_id``, verified, in a fresh ``bytearray``.
 
         Why a bytearray and not bytes: the chunks are copied once, straight into the one buffer
@@ -282,7 +287,9 @@ class BlobClient:
 
         Raises: see ``fetch_into``.
         """
-        return await self.fetch_into(peer_id, digest, max_bytes=max_bytes, allocate=bytearray, deadline=deadline)
+        return await self.fetch_into(
+            peer_id, digest, max_bytes=max_bytes, allocate=bytearray, deadline=deadline
+        )
 
     async def fetch_into(
         self,
@@ -315,8 +322,11 @@ class BlobClient:
             first = await self._chunk_at(peer_id, digest, 0, self._chunk)
             total = first.total_length
             if total > max_bytes:
-                raise RemoteProtocolError(f"blob {digest.hex()} is {total} bytes, over the {max_bytes}-byte limit",
-                                          limit=max_bytes, observed=total)
+                raise RemoteProtocolError(
+                    f"blob {digest.hex()} is {total} bytes, over the {max_bytes}-byte limit",
+                    limit=max_bytes,
+                    observed=total,
+                )
             out = allocate(total)
             view = memoryview(out)
             if len(view) != total or view.readonly:

@@ -57,7 +57,14 @@ from libp2p.peer.id import ID
 
 from inos_node.errors import LocalProtocolError, PeerError, RemoteProtocolError
 from inos_node.identity import Identity, verify
-from inos_node.net.framing import CorrelatedClient, FrameReader, encode_frame, reset_quietly
+from inos_node.net.framing import (
+    Admit,
+    CorrelatedClient,
+    FrameReader,
+    InboundStreams,
+    encode_frame,
+    reset_quietly,
+)
 from inos_node.net.hello import peer_id_from_public_key
 from inos_node.types import JobRequest, JobResult, Status
 from inos_node.wire.delegation import (
@@ -82,7 +89,6 @@ __all__ = [
     "Handler",
     "ServerStatistics",
     "open_protocol_stream",
-    "peer_of",
     "sign_receipt",
     "verify_receipt",
 ]
@@ -91,11 +97,6 @@ PROTOCOL = TProtocol("/inos/delegate/1.0.0")
 log = logging.getLogger(__name__)
 
 Handler = Callable[[DelegateRun, str], Awaitable[DelegateResponse]]
-
-
-def peer_of(stream: Any) -> str:
-    """The authenticated remote peer id of a py-libp2p stream."""
-    return str(stream.muxed_conn.peer_id.to_base58())
 
 
 async def open_protocol_stream(host: Any, protocol: TProtocol, peer_id: str) -> Any:
@@ -160,6 +161,7 @@ class ServerStatistics:
     accepted: int
     rejected_capacity: int
     streams_reset: int  # streams reset for a protocol violation
+    streams_refused: int  # not admitted: stopped, over a stream limit, or refused by ``admit``
 
 
 class _ServerStream:
@@ -189,7 +191,10 @@ class DelegationServer:
             receipt.  May raise: the request then fails with the message.
         max_concurrent: jobs at once, all streams together.
         max_frame: the largest request frame accepted (and answer frame sent).
-        max_streams: delegate streams served at once (each holds up to one partial frame).
+        max_streams / max_streams_per_peer: delegate streams served at once (each holds up to
+            one partial frame: at worst ``max_streams * max_frame`` bytes buffered).
+        admit: ``async (peer_id) -> bool``; streams of peers it refuses are reset (the node passes
+            ``HelloGate.admit``).
         default_timeout_s: the deadline of a run whose ``deadline_unix_ms`` is 0.
         max_timeout_s: no job runs longer than this, whatever its deadline says.
     """
@@ -201,71 +206,54 @@ class DelegationServer:
         *,
         max_concurrent: int = 64,
         max_frame: int = DEFAULT_MAX_FRAME,
-        max_streams: int = 1024,
+        max_streams: int = 256,
+        max_streams_per_peer: int = 4,
+        admit: Admit | None = None,
         default_timeout_s: float = 300.0,
         max_timeout_s: float = 3600.0,
     ) -> None:
-        if max_concurrent < 1 or max_streams < 1:
-            raise ValueError("max_concurrent and max_streams must be >= 1")
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent must be >= 1")
         self._host = host
         self._handler = handler
         self._limiter = trio.CapacityLimiter(max_concurrent)
         self._max_frame = max_frame
-        self._max_streams = max_streams
+        self._inbound = InboundStreams(
+            "delegate", max_streams=max_streams, max_per_peer=max_streams_per_peer, admit=admit
+        )
         self._default_timeout_s = default_timeout_s
         self._max_timeout_s = max_timeout_s
-        self._streams: set[trio.CancelScope] = set()
-        self._running = False
         self._accepted = 0
         self._rejected = 0
         self._resets = 0
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(
-            streams=len(self._streams),
+            streams=len(self._inbound),
             running=int(self._limiter.borrowed_tokens),
             max_concurrent=int(self._limiter.total_tokens),
             accepted=self._accepted,
             rejected_capacity=self._rejected,
             streams_reset=self._resets,
+            streams_refused=self._inbound.refused,
         )
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Register the protocol and serve until cancelled; then every stream is torn down."""
-        self._running = True
+        self._inbound.running = True
         self._host.set_stream_handler(PROTOCOL, self._on_stream)
         try:
             task_status.started()
             await trio.sleep_forever()
         finally:
-            self._running = False
+            self._inbound.stop()
             try:
                 self._host.remove_stream_handler(PROTOCOL)
             except Exception:  # noqa: BLE001 - a host already shut down has no handlers to remove
                 log.debug("remove_stream_handler failed", exc_info=True)
-            for scope in list(self._streams):
-                scope.cancel()
 
     async def _on_stream(self, stream: Any) -> None:
-        """py-libp2p's handler: runs in the library's task, so nothing may escape it (P7)."""
-        peer_id = "?"
-        try:
-            peer_id = peer_of(stream)
-            if not self._running or len(self._streams) >= self._max_streams:
-                log.info("delegate: refusing a stream from peer %s (stopped or %d streams open)",
-                         peer_id, len(self._streams))
-                await reset_quietly(stream)
-                return
-            scope = trio.CancelScope()
-            self._streams.add(scope)
-            try:
-                with scope:
-                    await self._serve(stream, peer_id)
-            finally:
-                self._streams.discard(scope)
-        except Exception:  # noqa: BLE001 - supervisor: a failing stream must not take the node down (P7)
-            log.exception("delegate: stream from peer %s failed", peer_id)
-            await reset_quietly(stream)
+        await self._inbound.serve(stream, self._serve)
 
     async def _serve(self, stream: Any, peer_id: str) -> None:
         reader = FrameReader(stream, limit=self._max_frame)
@@ -284,16 +272,24 @@ class DelegationServer:
                             job.scope.cancel()
                         continue
                     if req.request_id in conn.active:
-                        raise RemoteProtocolError(f"requestId {req.request_id} is already running on this stream")
+                        raise RemoteProtocolError(
+                            f"requestId {req.request_id} is already running on this stream"
+                        )
                     run = dataclasses.replace(req, requester=peer_id)  # rule 6
                     token = object()
                     try:
                         self._limiter.acquire_on_behalf_of_nowait(token)
                     except trio.WouldBlock:
                         self._rejected += 1
-                        await self._write(conn, _answer(
-                            run, Status.CAPACITY_EXCEEDED,
-                            f"worker busy: {int(self._limiter.total_tokens)} jobs running", retryable=True))
+                        await self._write(
+                            conn,
+                            _answer(
+                                run,
+                                Status.CAPACITY_EXCEEDED,
+                                f"worker busy: {int(self._limiter.total_tokens)} jobs running",
+                                retryable=True,
+                            ),
+                        )
                         continue
                     self._accepted += 1
                     job = _Job(trio.CancelScope(deadline=self._deadline_of(run)))
@@ -321,8 +317,13 @@ class DelegationServer:
                 try:
                     response = await self._handler(run, conn.peer_id)
                 except Exception as exc:  # noqa: BLE001 - rule 3: a handler bug fails its request only
-                    log.warning("delegate: handler failed request %d (job %s) from peer %s: %r",
-                                run.request_id, run.job.job_id, conn.peer_id, exc)
+                    log.warning(
+                        "delegate: handler failed request %d (job %s) from peer %s: %r",
+                        run.request_id,
+                        run.job.job_id,
+                        conn.peer_id,
+                        exc,
+                    )
                     response = _answer(run, Status.FAILED, f"{type(exc).__name__}: {exc}")
             conn.active.pop(run.request_id, None)
             if response is None:  # the scope was cancelled: by the peer, or by the deadline
@@ -346,10 +347,16 @@ class DelegationServer:
             payload = encode_delegate_response(response, max_bytes=self._max_frame)
         except LocalProtocolError as exc:
             log.warning("delegate: answer to request %d is unsendable: %s", response.request_id, exc)
-            payload = encode_delegate_response(DelegateResponse(
-                request_id=response.request_id,
-                result=JobResult(job_id=response.result.job_id, status=Status.FAILED,
-                                 error=f"answer not sendable: {exc}")))
+            payload = encode_delegate_response(
+                DelegateResponse(
+                    request_id=response.request_id,
+                    result=JobResult(
+                        job_id=response.result.job_id,
+                        status=Status.FAILED,
+                        error=f"answer not sendable: {exc}",
+                    ),
+                )
+            )
         frame = encode_frame(payload, limit=self._max_frame)
         async with conn.write_lock:
             await conn.stream.write(frame)
@@ -431,8 +438,13 @@ class DelegationClient:
             give_up = _unix_ms_to_trio(deadline_unix_ms) + self._grace
         else:
             give_up = trio.current_time() + self._default_timeout_s + self._grace
-        return await self._core.call(peer_id, rid, payload, cancel_payload=cancel,
-                                     deadline=give_up if math.isfinite(give_up) else math.inf)
+        return await self._core.call(
+            peer_id,
+            rid,
+            payload,
+            cancel_payload=cancel,
+            deadline=give_up if math.isfinite(give_up) else math.inf,
+        )
 
 
 def _response_id(response: DelegateResponse) -> int:

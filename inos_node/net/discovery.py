@@ -65,7 +65,7 @@ def host_options(config: DiscoveryConfig) -> dict[str, Any]:
     return {"enable_mDNS": config.enable_mdns}
 
 
-class _DisconnectWatcher(INotifee):  # type: ignore[misc]
+class _DisconnectWatcher(INotifee):
     def __init__(self, on_disconnected: Callable[[str], None]) -> None:
         self._on_disconnected = on_disconnected
 
@@ -135,8 +135,9 @@ class Bootstrapper:
             try:
                 pid = info_from_p2p_addr(multiaddr.Multiaddr(addr)).peer_id
             except Exception as exc:  # noqa: BLE001 - multiaddr raises assorted errors for bad text
-                raise ConfigError(f"not a bootstrap peer address (want .../p2p/<id>): {addr!r}",
-                                  key="bootstrap") from exc
+                raise ConfigError(
+                    f"not a bootstrap peer address (want .../p2p/<id>): {addr!r}", key="bootstrap"
+                ) from exc
             self._peers.append(_PeerState(addr, str(pid.to_base58()), pid))
         self._down: dict[str, trio.Event] = {}
         self._up: dict[str, trio.Event] = {}
@@ -149,7 +150,9 @@ class Bootstrapper:
         return any(str(p.to_base58()) == peer_id for p in self._host.get_connected_peers())
 
     def statistics(self) -> dict[str, dict[str, int]]:
-        return {p.peer_id: {"dials": p.dials, "failures": p.failures, "connects": p.connects} for p in self._peers}
+        return {
+            p.peer_id: {"dials": p.dials, "failures": p.failures, "connects": p.connects} for p in self._peers
+        }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep every bootstrap peer connected until cancelled.
@@ -194,7 +197,9 @@ class Bootstrapper:
                     await connect(self._host, state.address)
                 except InosError as exc:
                     state.failures += 1
-                    log.debug("bootstrap dial to %s failed (retry in %.2f s): %s", state.address, backoff, exc)
+                    log.debug(
+                        "bootstrap dial to %s failed (retry in %.2f s): %s", state.address, backoff, exc
+                    )
                     if not started:
                         started = True
                         task_status.started()

@@ -14,12 +14,19 @@ Rules this module lives by:
      py-libp2p's ``read_exactly`` gives up after 100 partial reads (notes P8), so the shell loops
      until a frame is complete, however many reads that takes.
   4. Reads ask for at least ``READ_SIZE`` bytes, so many small frames come out of one read and a
-     large frame needs few reads.
+     large frame needs few reads; the reads are kept as they came and a frame is cut out of them
+     with one copy (a 1 MiB blob chunk arrives in ~16 Yamux pieces).
 
 Why not the library's varint framing: see rule 3; and a fixed 4-byte prefix is what the schema
 files specify (``schemas/p2p/v1/delegation.capnp``).
 
-The second half of the module is ``CorrelatedClient``: the requesting side of a long-lived,
+Two stream helpers shared by the ``/inos/delegate`` and ``/inos/blob`` adapters follow.
+
+``InboundStreams`` guards a server's stream handler: stream limits (total, per peer), an
+optional admission check (the hello gate), cancel-all on stop, and the rule that nothing may
+escape a py-libp2p handler (notes P7).
+
+``CorrelatedClient`` is the requesting side of a long-lived,
 multiplexed request/response stream (``/inos/delegate`` and ``/inos/blob`` both use it).  It knows
 nothing of libp2p (it gets an ``open_stream(peer_id)`` callable) nor of capnp (it gets a
 ``decode`` callable), so it runs as well over an in-memory fake stream.
@@ -53,15 +60,17 @@ from inos_node.errors import InosInternalError, LocalProtocolError, PeerError, R
 
 __all__ = [
     "HEADER",
-    "CorrelatedClient",
-    "reset_quietly",
     "READ_SIZE",
+    "Admit",
+    "CorrelatedClient",
     "FrameDecoder",
     "FrameReader",
+    "InboundStreams",
     "ReadableStream",
+    "decode_header",
     "encode_frame",
     "encode_header",
-    "decode_header",
+    "reset_quietly",
     "write_frame",
 ]
 
@@ -268,6 +277,76 @@ async def reset_quietly(stream: Any, *, timeout_s: float = 1.0) -> None:
             await stream.reset()
         except Exception:  # noqa: BLE001 - see the docstring
             log.debug("reset of an abandoned stream failed", exc_info=True)
+
+
+# ------------------------------------------------------------------------- inbound streams
+
+Admit = Callable[[str], Awaitable[bool]]
+
+
+class InboundStreams:
+    """What every server-side stream handler needs, in one place.
+
+    * Streams are refused (reset) when the server is not running, when ``max_streams`` are open,
+      when the peer already has ``max_per_peer`` open, or when ``admit(peer_id)`` says no (the
+      node passes ``HelloGate.admit``: only peers of our network are served).
+    * Each stream's work runs under a cancel scope that ``stop()`` cancels.
+    * Nothing escapes (py-libp2p calls handlers in its own tasks; one exception there kills the
+      node, notes P7): a failure is logged with the peer id and the stream is reset.
+
+    Resource handling: a stream holds at most one partial frame, so the worst case buffered by a
+    server is ``max_streams * max_frame`` bytes.
+    """
+
+    def __init__(self, name: str, *, max_streams: int, max_per_peer: int, admit: Admit | None = None) -> None:
+        if max_streams < 1 or max_per_peer < 1:
+            raise ValueError("max_streams and max_per_peer must be >= 1")
+        self.name = name
+        self.max_streams = max_streams
+        self.max_per_peer = max_per_peer
+        self._admit = admit
+        self._scopes: set[trio.CancelScope] = set()
+        self._per_peer: dict[str, int] = {}
+        self.running = False
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._scopes)
+
+    def stop(self) -> None:
+        self.running = False
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    async def serve(self, stream: Any, serve: Callable[[Any, str], Awaitable[None]]) -> None:
+        """Run ``serve(stream, peer_id)`` for one inbound stream, guarded as described above."""
+        peer_id = "?"
+        try:
+            peer_id = str(stream.muxed_conn.peer_id.to_base58())
+            if (
+                not self.running
+                or len(self._scopes) >= self.max_streams
+                or self._per_peer.get(peer_id, 0) >= self.max_per_peer
+                or (self._admit is not None and not await self._admit(peer_id))
+            ):
+                self.refused += 1
+                log.info("%s: refusing a stream from peer %s", self.name, peer_id)
+                await reset_quietly(stream)
+                return
+            scope = trio.CancelScope()
+            self._scopes.add(scope)
+            self._per_peer[peer_id] = self._per_peer.get(peer_id, 0) + 1
+            try:
+                with scope:
+                    await serve(stream, peer_id)
+            finally:
+                self._scopes.discard(scope)
+                left = self._per_peer.pop(peer_id) - 1
+                if left:
+                    self._per_peer[peer_id] = left
+        except Exception:  # noqa: BLE001 - supervisor: a failing stream must not take the node down (P7)
+            log.exception("%s: stream from peer %s failed", self.name, peer_id)
+            await reset_quietly(stream)
 
 
 # ------------------------------------------------------------------- correlated request streams
@@ -484,7 +563,9 @@ class CorrelatedClient(Generic[R]):
             while True:
                 frame = await reader.read_frame()
                 if frame is None:
-                    ps.broken = PeerError(f"{self.name} stream to {ps.peer_id} ended (peer closed, reset or died)")
+                    ps.broken = PeerError(
+                        f"{self.name} stream to {ps.peer_id} ended (peer closed, reset or died)"
+                    )
                     return
                 response = self._decode(frame)
                 slot = ps.pending.pop(self._response_id(response), None)
@@ -503,6 +584,8 @@ class CorrelatedClient(Generic[R]):
                 await ps.stream.write(frame)
         except Exception as exc:  # noqa: BLE001 - supervisor: any stream failure breaks this stream only
             if ps.broken is None:
-                ps.broken = PeerError(f"{self.name} stream to {ps.peer_id} broke on write: {type(exc).__name__}: {exc}")
+                ps.broken = PeerError(
+                    f"{self.name} stream to {ps.peer_id} broke on write: {type(exc).__name__}: {exc}"
+                )
         finally:
             scope.cancel()

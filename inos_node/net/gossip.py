@@ -194,7 +194,7 @@ def _guarded_stream_handler(handler: Callable[[Any], Any]) -> Callable[[Any], An
     return guarded
 
 
-class _ConnectionWatcher(INotifee):  # type: ignore[misc]
+class _ConnectionWatcher(INotifee):
     """Forwards 'peer connected' to a bounded channel; drops when full (a missed hook only
     delays a republish until the next period)."""
 
@@ -237,7 +237,12 @@ class Gossip:
     """
 
     def __init__(
-        self, host: Any, identity: Identity, *, topics: Sequence[Topic] = (), config: GossipConfig | None = None
+        self,
+        host: Any,
+        identity: Identity,
+        *,
+        topics: Sequence[Topic] = (),
+        config: GossipConfig | None = None,
     ) -> None:
         self.peer_id = str(host.get_id().to_base58())
         if peer_id_of(identity) != self.peer_id:
@@ -445,25 +450,19 @@ class Gossip:
             return 0.0
         return float(self._router.scorer.score(ID.from_base58(peer_id), [topic]))
 
-    async def wait_for_subscriber(self, peer_id: str, topic: str, *, timeout: float = 10.0) -> None:
-        """Wait (event-based) until the connected peer ``peer_id`` is subscribed to ``topic``.
-
-        Raises:
-            trio.TooSlowError: not within ``timeout`` seconds.
-        """
+    async def wait_for_subscriber(self, peer_id: str, topic: str) -> None:
+        """Wait (event-based, unbounded: wrap it in ``trio.fail_after``) until the connected
+        peer ``peer_id`` is subscribed to ``topic``."""
         if self._pubsub is None:
             raise trio.ClosedResourceError("gossip is not running")
-        await self._pubsub.wait_for_subscription(ID.from_base58(peer_id), topic, timeout=timeout)
+        await self._pubsub.wait_for_subscription(ID.from_base58(peer_id), topic, timeout=math.inf)
 
-    async def wait_for_mesh(self, peer_id: str, topic: str, *, timeout: float = 10.0) -> None:
-        """Wait (event-based) until ``peer_id`` is in our mesh for ``topic``.
-
-        Raises:
-            trio.TooSlowError: not within ``timeout`` seconds.
-        """
+    async def wait_for_mesh(self, peer_id: str, topic: str) -> None:
+        """Wait (event-based, unbounded: wrap it in ``trio.fail_after``) until ``peer_id`` is in
+        our mesh for ``topic``."""
         if self._router is None:
             raise trio.ClosedResourceError("gossip is not running")
-        await self._router.wait_for_mesh(ID.from_base58(peer_id), topic, timeout=timeout)
+        await self._router.wait_for_mesh(ID.from_base58(peer_id), topic, timeout=math.inf)
 
     def statistics(self) -> GossipStatistics:
         return GossipStatistics(
@@ -488,7 +487,11 @@ class AdvertBook:
     """
 
     def __init__(
-        self, table: AdvertTable | None = None, *, clock: Callable[[], int] = unix_ms, expire_interval_s: float = 1.0
+        self,
+        table: AdvertTable | None = None,
+        *,
+        clock: Callable[[], int] = unix_ms,
+        expire_interval_s: float = 1.0,
     ) -> None:
         self.table = table if table is not None else AdvertTable()
         self._clock = clock
@@ -620,7 +623,11 @@ class AdvertPublisher:
         now = self._clock()
         self._sequence = next_sequence(self._sequence, now)
         return dataclasses.replace(
-            self._make_advert(), peer_id=self.peer_id, sequence=self._sequence, issued_unix_ms=now, ttl_ms=self.ttl_ms
+            self._make_advert(),
+            peer_id=self.peer_id,
+            sequence=self._sequence,
+            issued_unix_ms=now,
+            ttl_ms=self.ttl_ms,
         )
 
     async def publish_once(self, gossip: Gossip) -> Advert | None:
@@ -638,7 +645,9 @@ class AdvertPublisher:
         self.last = advert
         return advert
 
-    async def run(self, gossip: Gossip, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, gossip: Gossip, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Publish at once, then every ``interval_s`` or on ``changed()``, until cancelled."""
         task_status.started()
         while True:
@@ -660,4 +669,3 @@ def adverts_topic(book: AdvertBook, publisher: AdvertPublisher | None = None) ->
             changed()
 
     return Topic(ADVERTS_TOPIC, on_message=book.on_message, validate=book.validate, on_peer_joined=hook)
-

@@ -50,6 +50,7 @@ TOPIC = "inos/bench/1"
 _MSG = b"M"
 _PROBE = b"P"
 _HEADER = struct.Struct(">cIQ")  # kind, index, publish time (perf_counter_ns)
+_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding inos_node/, for the children
 
 
 def _cpu_s(pid: int) -> float:
@@ -159,11 +160,19 @@ async def _node_main() -> None:
                         await gossip.publish(TOPIC, _HEADER.pack(_MSG, i, time.perf_counter_ns()) + pad)
                     await say("published")
                 elif cmd == "report":
-                    await say("report " + json.dumps({"received": received, "stats": {
-                        "validator_errors": gossip.statistics().validator_errors,
-                        "mesh": len(gossip.mesh_peers(TOPIC)),
-                        "peers": len(host.get_connected_peers()),
-                    }}))
+                    await say(
+                        "report "
+                        + json.dumps(
+                            {
+                                "received": received,
+                                "stats": {
+                                    "validator_errors": gossip.statistics().validator_errors,
+                                    "mesh": len(gossip.mesh_peers(TOPIC)),
+                                    "peers": len(host.get_connected_peers()),
+                                },
+                            }
+                        )
+                    )
                 elif cmd == "quit":
                     break
             nursery.cancel_scope.cancel()
@@ -213,8 +222,11 @@ async def gossip_latency(
     if n_nodes < 2 or messages < 1:
         raise ValueError("need n_nodes >= 2 and messages >= 1")
     rng = random.Random(seed)
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    root = _ROOT
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+    }
     children: list[_Child] = []
     t0 = time.perf_counter()
     try:
@@ -222,7 +234,10 @@ async def gossip_latency(
             for i in range(n_nodes):
                 proc = await trio.lowlevel.open_process(
                     [sys.executable, "-m", "inos_node.net.gossip_bench", "node"],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(root), env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    cwd=str(root),
+                    env=env,
                 )
                 children.append(_Child(i, proc))
 
@@ -279,8 +294,9 @@ async def gossip_latency(
             if c.proc.returncode is None:
                 c.proc.kill()
                 await c.proc.wait()
-    result = _summarise(n_nodes, messages, interval_s, payload_bytes, edges, publisher.index, reports,
-                        started_s, mesh_ready_s)
+    result = _summarise(
+        n_nodes, messages, interval_s, payload_bytes, edges, publisher.index, reports, started_s, mesh_ready_s
+    )
     # CPU of all nodes during the publish phase (includes heartbeats and the grace period)
     result["cpu_ms_per_msg_per_node"] = round(cpu_s * 1000 / messages / n_nodes, 2)
     result["host_cpu_busy"] = round(busy, 2)
@@ -289,8 +305,15 @@ async def gossip_latency(
 
 
 def _summarise(
-    n_nodes: int, messages: int, interval_s: float, payload_bytes: int, edges: int, publisher: int,
-    reports: dict[int, dict[str, Any]], started_s: float, mesh_ready_s: float,
+    n_nodes: int,
+    messages: int,
+    interval_s: float,
+    payload_bytes: int,
+    edges: int,
+    publisher: int,
+    reports: dict[int, dict[str, Any]],
+    started_s: float,
+    mesh_ready_s: float,
 ) -> dict[str, Any]:
     # receivers recorded (receive time, publish time carried in the payload)
     receivers = [i for i in reports if i != publisher]
@@ -333,7 +356,9 @@ def main(argv: list[str] | None = None) -> None:
     if args[:1] == ["node"]:
         trio.run(_node_main)
         return
-    p = argparse.ArgumentParser(prog="python -m inos_node.net.gossip_bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m inos_node.net.gossip_bench", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--nodes", type=int, default=10)
     p.add_argument("--messages", type=int, default=200)
     p.add_argument("--interval-ms", type=float, default=50.0)
@@ -341,8 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args(args)
     result = trio.run(
-        lambda: gossip_latency(a.nodes, a.messages, interval_s=a.interval_ms / 1000, payload_bytes=a.payload,
-                               seed=a.seed)
+        lambda: gossip_latency(
+            a.nodes, a.messages, interval_s=a.interval_ms / 1000, payload_bytes=a.payload, seed=a.seed
+        )
     )
     sys.stdout.write(json.dumps(result) + "\n")
 

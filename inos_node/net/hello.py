@@ -176,6 +176,19 @@ class HelloGate:
         if not st.verified:
             raise PeerError(f"peer {peer_id} failed the hello: {st.reason}")
 
+    async def admit(self, peer_id: str) -> bool:
+        """For a server's ``admit``: True if the peer is verified, waiting (at most ``timeout_s``)
+        for a hello still in progress; False if it fails or does not come."""
+        if self.verified(peer_id):
+            return True
+        with trio.move_on_after(self._timeout_s):
+            try:
+                await self.wait_verified(peer_id)
+            except PeerError:
+                return False
+            return True
+        return False
+
     # ------------------------------------------------------------------------------- lifecycle
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -203,9 +216,12 @@ class HelloGate:
         try:
             self._send.send_nowait(peer_id)
         except trio.WouldBlock:
-            # A connection flood: this peer cannot be gated now; it stays unverified (so it never
-            # reaches the DHT or gossip) and the inbound handler rejects nothing for it.
-            log.warning("hello: %d connections waiting for the gate; peer %s not gated", self._max_pending, peer_id)
+            # A connection flood: this connection is not gated now.  It stays unverified, so it
+            # never reaches the DHT or gossip and ``admit`` refuses its streams; if it sends a
+            # hello later, the handler queues it again.
+            log.warning(
+                "hello: %d connections waiting for the gate; peer %s not gated", self._max_pending, peer_id
+            )
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the gate is not running
 
@@ -217,7 +233,7 @@ class HelloGate:
             pass
         st = self._peers.pop(peer_id, None)
         if st is not None and not st.done.is_set():
-            st.reason = "disconnected"
+            st.reason = "disconnected before the hello completed"
             st.done.set()
 
     def _state(self, peer_id: str) -> _PeerState:
@@ -237,7 +253,11 @@ class HelloGate:
                     await st.done.wait()
                     nursery.cancel_scope.cancel()
             if self._peers.get(peer_id) is not st:
-                return  # disconnected meanwhile; a new connection has its own gate
+                # The connection closed meanwhile (the peer may have rejected us first); a new
+                # connection gets its own gate.  Unverified, it counts as rejected.
+                if not st.verified:
+                    await self._call(self._on_rejected, peer_id)
+                return
             if st.verified:
                 log.debug("hello: peer %s verified", peer_id)
                 await self._call(self._on_verified, peer_id)
@@ -253,15 +273,19 @@ class HelloGate:
             self._gating.discard(peer_id)
 
     async def _send_hello(self, peer_id: str, st: _PeerState) -> None:
-        hello = encode_hello(Hello(
-            network_id=self._network_id,
-            peer_id=self._local,
-            remote_peer_id=peer_id,
-            nonce=secrets.token_bytes(16),
-            protocol_version=PROTOCOL_VERSION,
-            name=self._name,
-        ))
-        signed = encode_signed_hello(SignedHello(hello, self._identity.sign(hello), self._identity.public_key))
+        hello = encode_hello(
+            Hello(
+                network_id=self._network_id,
+                peer_id=self._local,
+                remote_peer_id=peer_id,
+                nonce=secrets.token_bytes(16),
+                protocol_version=PROTOCOL_VERSION,
+                name=self._name,
+            )
+        )
+        signed = encode_signed_hello(
+            SignedHello(hello, self._identity.sign(hello), self._identity.public_key)
+        )
         try:
             stream = await self._host.new_stream(ID.from_base58(peer_id), [PROTOCOL])
         except Exception as exc:  # noqa: BLE001 - any failure to open means "not an INOS peer"
@@ -295,7 +319,9 @@ class HelloGate:
                     raise RemoteProtocolError("hello stream closed before the hello")
                 self._check(peer_id, frame)
             except (RemoteProtocolError, trio.TooSlowError) as exc:
-                self._reject(st, f"bad hello: {exc}" if isinstance(exc, RemoteProtocolError) else "hello too slow")
+                self._reject(
+                    st, f"bad hello: {exc}" if isinstance(exc, RemoteProtocolError) else "hello too slow"
+                )
                 await reset_quietly(stream)
                 return
             if not st.done.is_set():

@@ -78,8 +78,11 @@ def decide(task: Task, peers: list[PeerView], cfg: DeciderConfig | None = None) 
     cfg = cfg or DeciderConfig()
     prefer = "remote" if task.placement == "remote" else "local" if task.placement == "local" else task.prefer
     if prefer not in POLICIES:
-        raise InvalidParams(f"unknown policy {prefer!r}; one of {', '.join(POLICIES)}", param="prefer",
-                            allowed=", ".join(POLICIES))
+        raise InvalidParams(
+            f"unknown policy {prefer!r}; one of {', '.join(POLICIES)}",
+            param="prefer",
+            allowed=", ".join(POLICIES),
+        )
     if task.replicas < 1:
         raise InvalidParams("replicas must be >= 1", param="replicas", allowed=">= 1")
 
@@ -110,7 +113,9 @@ def decide(task: Task, peers: list[PeerView], cfg: DeciderConfig | None = None) 
         if len(chosen) < task.replicas:
             raise InvalidParams(
                 f"{task.replicas} replicas of {task.capsule} need {task.replicas} distinct executors; "
-                f"{len(chosen)} are available within the budget", param="replicas")
+                f"{len(chosen)} are available within the budget",
+                param="replicas",
+            )
         rest = tuple(p.peer_id for p in ranked if p.peer_id not in chosen)
         return Plan(tuple(chosen), rest, f"{task.replicas} replicas, {prefer}", costs)
 
@@ -140,5 +145,6 @@ def decide(task: Task, peers: list[PeerView], cfg: DeciderConfig | None = None) 
             return Plan((LOCAL,), remote_ids, "fastest: busy here but still sooner than any peer", costs)
         fallbacks = remote_ids[1:] + ((LOCAL,) if local_ok else ())
         return Plan(remote_ids[:1], fallbacks, "fastest: local executors busy", costs)
-    raise InvalidParams(f"nothing serves {task.capsule}: not this node, and no peer advertises it",
-                        param="placement")
+    raise InvalidParams(
+        f"nothing serves {task.capsule}: not this node, and no peer advertises it", param="placement"
+    )

@@ -76,13 +76,17 @@ def _short(exc: BaseException) -> str:
 def _check_size(data: bytes | memoryview, limit: int, what: str) -> None:
     n = len(data)
     if n > limit:
-        raise RemoteProtocolError(f"{what} of {n} bytes is over the {limit}-byte limit", limit=limit, observed=n)
+        raise RemoteProtocolError(
+            f"{what} of {n} bytes is over the {limit}-byte limit", limit=limit, observed=n
+        )
     if n == 0 or n % _WORD:
         raise RemoteProtocolError(f"{what} of {n} bytes is not a whole number of 8-byte words", observed=n)
 
 
 def _from_bytes(struct: Any, data: bytes | memoryview) -> Any:
-    return struct.from_bytes(bytes(data), traversal_limit_in_words=len(data) // _WORD * 4 + 64, nesting_limit=8)
+    return struct.from_bytes(
+        bytes(data), traversal_limit_in_words=len(data) // _WORD * 4 + 64, nesting_limit=8
+    )
 
 
 def encode_advert(advert: Advert) -> bytes:

@@ -57,7 +57,8 @@ __all__ = [
     "encode_receipt_body",
 ]
 
-DEFAULT_MAX_FRAME = 16 * 1024 * 1024  # large inputs travel by digest over /inos/blob, not inline
+# Inline inputs up to a few MiB (notes P8/P9); larger ones travel by digest over /inos/blob.
+DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 MAX_BLOB_CHUNK = 1024 * 1024
 _U16 = struct.Struct("<H")
 _U64 = struct.Struct("<Q")
@@ -158,7 +159,9 @@ def _finish(m: Any, what: str, max_bytes: int) -> bytes:
     out: bytes = m.to_bytes()
     if len(out) > max_bytes:
         raise LocalProtocolError(
-            f"{what} of {len(out)} bytes is over the {max_bytes}-byte limit", limit=max_bytes, observed=len(out)
+            f"{what} of {len(out)} bytes is over the {max_bytes}-byte limit",
+            limit=max_bytes,
+            observed=len(out),
         )
     return out
 
@@ -286,7 +289,8 @@ def encode_delegate_request(req: DelegateRequest, *, max_bytes: int = DEFAULT_MA
         if len(req.input_digest) != DIGEST_BYTES:
             raise LocalProtocolError(
                 f"inputDigest must be a {DIGEST_BYTES}-byte blake3 digest, got {len(req.input_digest)} bytes",
-                limit=DIGEST_BYTES, observed=len(req.input_digest),
+                limit=DIGEST_BYTES,
+                observed=len(req.input_digest),
             )
         _fill_job_request(m.init("run"), req.job)
         m.deadlineUnixMs = _u64(req.deadline_unix_ms, "deadlineUnixMs")
@@ -302,7 +306,9 @@ def _read_delegate_request(r: Any) -> DelegateRequest:
     digest = bytes(r.inputDigest)
     if len(digest) != DIGEST_BYTES:
         raise RemoteProtocolError(
-            f"inputDigest must be {DIGEST_BYTES} bytes, got {len(digest)}", limit=DIGEST_BYTES, observed=len(digest)
+            f"inputDigest must be {DIGEST_BYTES} bytes, got {len(digest)}",
+            limit=DIGEST_BYTES,
+            observed=len(digest),
         )
     return DelegateRun(
         request_id=r.requestId,
@@ -313,9 +319,12 @@ def _read_delegate_request(r: Any) -> DelegateRequest:
     )
 
 
-def decode_delegate_request(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME) -> DelegateRequest:
-    result: DelegateRequest = _decode("DelegateRequest", data, max_bytes, "delegate request",
-                                      _read_delegate_request)
+def decode_delegate_request(
+    data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME
+) -> DelegateRequest:
+    result: DelegateRequest = _decode(
+        "DelegateRequest", data, max_bytes, "delegate request", _read_delegate_request
+    )
     return result
 
 
@@ -342,9 +351,12 @@ def _read_delegate_response(r: Any) -> DelegateResponse:
     return DelegateResponse(request_id=r.requestId, result=_read_job_result(r.result), receipt=receipt)
 
 
-def decode_delegate_response(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME) -> DelegateResponse:
-    result: DelegateResponse = _decode("DelegateResponse", data, max_bytes, "delegate response",
-                                       _read_delegate_response)
+def decode_delegate_response(
+    data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME
+) -> DelegateResponse:
+    result: DelegateResponse = _decode(
+        "DelegateResponse", data, max_bytes, "delegate response", _read_delegate_response
+    )
     return result
 
 
@@ -462,7 +474,9 @@ def encode_blob_chunk_parts(
     size = 8 * (2 + data_words + pointers + body_words)
     if size > max_bytes:
         raise LocalProtocolError(
-            f"blob response of {size} bytes is over the {max_bytes}-byte limit", limit=max_bytes, observed=size
+            f"blob response of {size} bytes is over the {max_bytes}-byte limit",
+            limit=max_bytes,
+            observed=size,
         )
     head = bytearray(8 * (2 + data_words + pointers))
     struct.pack_into("<II", head, 0, 0, 1 + data_words + pointers + body_words)  # one segment; its words

@@ -59,7 +59,9 @@ def _finish(m: Any, what: str, max_bytes: int) -> bytes:
     out: bytes = m.to_bytes()
     if len(out) > max_bytes:
         raise LocalProtocolError(
-            f"{what} of {len(out)} bytes is over the {max_bytes}-byte limit", limit=max_bytes, observed=len(out)
+            f"{what} of {len(out)} bytes is over the {max_bytes}-byte limit",
+            limit=max_bytes,
+            observed=len(out),
         )
     return out
 
@@ -79,8 +81,11 @@ def _decode(struct_name: str, data: bytes | memoryview, max_bytes: int, what: st
 
 def encode_hello(hello: Hello, *, max_bytes: int = MAX_HELLO_BYTES) -> bytes:
     if len(hello.network_id) != NETWORK_ID_BYTES:
-        raise LocalProtocolError(f"network id must be {NETWORK_ID_BYTES} bytes, got {len(hello.network_id)}",
-                                 limit=NETWORK_ID_BYTES, observed=len(hello.network_id))
+        raise LocalProtocolError(
+            f"network id must be {NETWORK_ID_BYTES} bytes, got {len(hello.network_id)}",
+            limit=NETWORK_ID_BYTES,
+            observed=len(hello.network_id),
+        )
     if not 0 <= hello.protocol_version < 2**32:
         raise LocalProtocolError(f"protocol version {hello.protocol_version} does not fit UInt32")
     m = _schema().Hello.new_message()
@@ -96,12 +101,16 @@ def encode_hello(hello: Hello, *, max_bytes: int = MAX_HELLO_BYTES) -> bytes:
 def _read_hello(r: Any) -> Hello:
     network_id = bytes(r.networkId)
     if len(network_id) != NETWORK_ID_BYTES:
-        raise RemoteProtocolError(f"network id must be {NETWORK_ID_BYTES} bytes, got {len(network_id)}",
-                                  limit=NETWORK_ID_BYTES, observed=len(network_id))
+        raise RemoteProtocolError(
+            f"network id must be {NETWORK_ID_BYTES} bytes, got {len(network_id)}",
+            limit=NETWORK_ID_BYTES,
+            observed=len(network_id),
+        )
     nonce = bytes(r.nonce)
     if len(nonce) > _MAX_NONCE:
-        raise RemoteProtocolError(f"nonce of {len(nonce)} bytes is over {_MAX_NONCE}", limit=_MAX_NONCE,
-                                  observed=len(nonce))
+        raise RemoteProtocolError(
+            f"nonce of {len(nonce)} bytes is over {_MAX_NONCE}", limit=_MAX_NONCE, observed=len(nonce)
+        )
     return Hello(
         network_id=network_id,
         peer_id=r.peerId,

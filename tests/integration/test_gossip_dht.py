@@ -18,9 +18,10 @@ import blake3
 import pytest
 import trio
 
+from inos_node.errors import ConfigError, LocalProtocolError
 from inos_node.identity import Identity
-from inos_node.net.dht import Dht, DhtConfig
-from inos_node.net.discovery import Bootstrapper
+from inos_node.net.dht import Dht, DhtConfig, digest_key
+from inos_node.net.discovery import Bootstrapper, DiscoveryConfig, host_options
 from inos_node.net.gossip import (
     ADVERTS_TOPIC,
     AdvertBook,
@@ -34,7 +35,13 @@ from inos_node.net.gossip import (
 )
 from inos_node.net.host import HostConfig, connect, open_host, peer_id_of, quiet_libp2p_logs
 from inos_node.protocols.adverts import Advert, MethodPrice
-from inos_node.wire.adverts import ADVERT_SIGNING_CONTEXT, SignedAdvert, encode_advert, encode_signed_advert, sign_advert
+from inos_node.wire.adverts import (
+    ADVERT_SIGNING_CONTEXT,
+    SignedAdvert,
+    encode_advert,
+    encode_signed_advert,
+    sign_advert,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -190,16 +197,17 @@ async def test_forged_adverts_are_rejected_and_never_enter_the_table():
         forged_seq = 2**62
 
         def advert(peer: str) -> Advert:
-            return dataclasses.replace(content("forged")(), peer_id=peer, sequence=forged_seq, issued_unix_ms=now,
-                                       ttl_ms=60_000)
+            return dataclasses.replace(
+                content("forged")(), peer_id=peer, sequence=forged_seq, issued_unix_ms=now, ttl_ms=60_000
+            )
 
         body_f = encode_advert(advert(f.peer_id))
-        bad_signature = encode_signed_advert(
-            SignedAdvert(body_f, bytes(64), f.identity.public_key))
+        bad_signature = encode_signed_advert(SignedAdvert(body_f, bytes(64), f.identity.public_key))
         a_claims_a_sent_by_f = sign_advert(advert(a.peer_id), a.identity)  # replayed/relayed by f
         f_claims_b = sign_advert(advert(b.peer_id), f.identity)  # key f, claimed peer b
         a_key_claims_f = encode_signed_advert(  # key a, claimed peer f (the sender)
-            SignedAdvert(body_f, a.identity.sign(ADVERT_SIGNING_CONTEXT + body_f), a.identity.public_key))
+            SignedAdvert(body_f, a.identity.sign(ADVERT_SIGNING_CONTEXT + body_f), a.identity.public_key)
+        )
         garbage = b"\x00" * 24
         forged = [bad_signature, a_claims_a_sent_by_f, f_claims_b, a_key_claims_f, garbage]
         for data in forged:
@@ -225,7 +233,9 @@ async def test_an_older_sequence_does_not_replace_a_newer_one():
         await link(a, b)
         with trio.fail_after(WAIT):
             first = await b.book.wait_for_advert(a.peer_id)
-        newer = dataclasses.replace(first, sequence=first.sequence + 1000, issued_unix_ms=unix_ms(), name="newer")
+        newer = dataclasses.replace(
+            first, sequence=first.sequence + 1000, issued_unix_ms=unix_ms(), name="newer"
+        )
         older = dataclasses.replace(newer, sequence=first.sequence + 500, name="older")
         await a.gossip.publish(ADVERTS_TOPIC, sign_advert(newer, a.identity))
         with trio.fail_after(WAIT):
@@ -280,10 +290,14 @@ async def test_a_raising_validator_does_not_kill_the_node():
     topic = "test/raise"
     async with (
         open_node(41, adverts=False, extra_topics=(Topic(topic), Topic("test/handler"))) as x,
-        open_node(42, adverts=False, extra_topics=(
-            Topic(topic, on_message=on_message, validate=validate),
-            Topic("test/handler", on_message=on_message_raising),
-        )) as y,
+        open_node(
+            42,
+            adverts=False,
+            extra_topics=(
+                Topic(topic, on_message=on_message, validate=validate),
+                Topic("test/handler", on_message=on_message_raising),
+            ),
+        ) as y,
     ):
         await link(x, y)
         with trio.fail_after(WAIT):
@@ -365,7 +379,9 @@ async def test_bootstrapper_redials_a_dropped_peer_and_retries_one_that_is_down(
             await changed.wait()
 
     async with open_node(71, adverts=False) as x:
-        bootstrapper = Bootstrapper(x.host, [boot_addr], on_connected, initial_backoff_s=0.05, max_backoff_s=0.2)
+        bootstrapper = Bootstrapper(
+            x.host, [boot_addr], on_connected, initial_backoff_s=0.05, max_backoff_s=0.2
+        )
         with trio.fail_after(WAIT):
             await x.nursery.start(bootstrapper.run)  # the first dial has failed: nothing listens yet
         assert connects == [] and bootstrapper.statistics()[peer_id_of(boot_id)]["failures"] >= 1
@@ -378,3 +394,44 @@ async def test_bootstrapper_redials_a_dropped_peer_and_retries_one_that_is_down(
                 await wait_connects(2)  # redialled at once after the drop
             assert connects == [boot.peer_id, boot.peer_id]
             assert bootstrapper.is_connected(boot.peer_id)
+
+
+# -- configuration and local limits ----------------------------------------------------------
+
+
+def test_configuration_is_validated():
+    for bad in (
+        {"degree_low": 7},
+        {"degree_high": 5},
+        {"heartbeat_interval_s": 0},
+        {"send_queue": 0},
+        {"min_publish_interval_s": -1},
+        {"publish_threshold": -100.0},
+        {"gossip_threshold": 1.0},
+    ):
+        with pytest.raises(ConfigError):
+            GossipConfig(**bad)
+    with pytest.raises(ConfigError):
+        DhtConfig(refresh_interval_s=0)
+    with pytest.raises(ConfigError):
+        DiscoveryConfig(initial_backoff_s=2, max_backoff_s=1)
+    with pytest.raises(ConfigError):
+        Bootstrapper(None, ["/ip4/127.0.0.1/tcp/1"])  # no /p2p/<id>
+    with pytest.raises(ConfigError):
+        AdvertPublisher(identity(1), content("x"), interval_s=0)
+    with pytest.raises(ConfigError):
+        digest_key(b"\x00" * 31)
+    assert digest_key(bytes(32)) == "1e20" + "00" * 32  # blake3 multihash, hex
+    assert host_options(DiscoveryConfig()) == {"enable_mDNS": False}  # mDNS is off unless asked
+
+
+async def test_gossip_refuses_a_foreign_identity_duplicate_topics_and_oversized_messages():
+    async with open_node(81, advert_interval_s=3600) as x:
+        with pytest.raises(ConfigError):
+            Gossip(x.host, identity(82))
+        with pytest.raises(ConfigError):
+            Gossip(x.host, x.identity, topics=[Topic("t"), Topic("t")])
+        with pytest.raises(LocalProtocolError):
+            await x.gossip.publish("t", bytes(x.gossip.config.max_message_bytes + 1))
+        too_big = AdvertPublisher(x.identity, lambda: Advert(features=("x" * 1000,) * 80), interval_s=3600)
+        assert await too_big.publish_once(x.gossip) is None  # logged and skipped, not raised

@@ -173,7 +173,12 @@ def test_peers_serving_orders_by_price_load_queue_then_peer_and_skips_expired():
     t.offer(ad("other", methods=(MethodPrice("other.x", 0),)), NOW)
     t.offer(ad("short", methods=(MethodPrice(m, 0),), ttl=1000), NOW)
     assert [a.peer_id for a in t.peers_serving(m, NOW)] == [
-        "short", "cheap-idle-2", "cheap-idle-3", "cheap-idle", "cheap-busy", "dear",
+        "short",
+        "cheap-idle-2",
+        "cheap-idle-3",
+        "cheap-idle",
+        "cheap-busy",
+        "dear",
     ]
     # "short" has expired at NOW+1000 even though expire() has not run
     assert [a.peer_id for a in t.peers_serving(m, NOW + 1000)][0] == "cheap-idle-2"

@@ -40,8 +40,11 @@ def test_any_chunking_reassembles_the_frames_exactly(frames, cuts):
 
 
 @settings(max_examples=200, deadline=None)
-@given(frames=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=10),
-       drop=st.integers(1, 10**6), cuts=st.lists(st.integers(0, 10**6), max_size=10))
+@given(
+    frames=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=10),
+    drop=st.integers(1, 10**6),
+    cuts=st.lists(st.integers(0, 10**6), max_size=10),
+)
 def test_eof_inside_a_frame_is_a_remote_error(frames, drop, cuts):
     encoded = [encode_frame(f, limit=LIMIT) for f in frames]
     stream = b"".join(encoded)
@@ -124,7 +127,9 @@ async def test_reader_reports_eof_mid_frame():
 class PipeEnd:
     """One end of an in-memory duplex byte pipe with py-libp2p's stream surface."""
 
-    def __init__(self, inbox: trio.MemoryReceiveChannel[bytes], outbox: trio.MemorySendChannel[bytes]) -> None:
+    def __init__(
+        self, inbox: trio.MemoryReceiveChannel[bytes], outbox: trio.MemorySendChannel[bytes]
+    ) -> None:
         self.inbox = inbox
         self.outbox = outbox
         self.reset_called = trio.Event()
@@ -189,8 +194,14 @@ class FakePeer:
 
 
 def client_for(peer: FakePeer, **kw) -> CorrelatedClient[tuple[int, bytes]]:
-    return CorrelatedClient(name="test", open_stream=peer.open_stream, decode=_parse,
-                            response_id=lambda r: r[0], max_frame=LIMIT, **kw)
+    return CorrelatedClient(
+        name="test",
+        open_stream=peer.open_stream,
+        decode=_parse,
+        response_id=lambda r: r[0],
+        max_frame=LIMIT,
+        **kw,
+    )
 
 
 async def test_answers_are_matched_by_request_id_not_by_order(nursery):
@@ -260,6 +271,7 @@ async def test_a_garbage_answer_breaks_the_stream_with_peer_error(nursery):
     client = client_for(peer)
     await nursery.start(client.run)
     async with trio.open_nursery() as callers:
+
         async def call() -> None:
             with pytest.raises(PeerError, match="bad frame"):
                 await client.call("p", 1, _req(1, b""))

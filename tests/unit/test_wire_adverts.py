@@ -125,10 +125,17 @@ def test_out_of_range_fields_are_local_errors():
         wa.encode_advert(Advert(peer_id="p", sequence=-1))
 
 
-def _resign(advert_bytes: bytes, signer: Identity, *, context: bytes = wa.ADVERT_SIGNING_CONTEXT,
-            key: bytes | None = None) -> bytes:
+def _resign(
+    advert_bytes: bytes,
+    signer: Identity,
+    *,
+    context: bytes = wa.ADVERT_SIGNING_CONTEXT,
+    key: bytes | None = None,
+) -> bytes:
     return wa.encode_signed_advert(
-        wa.SignedAdvert(advert_bytes, signer.sign(context + advert_bytes), key if key is not None else signer.public_key)
+        wa.SignedAdvert(
+            advert_bytes, signer.sign(context + advert_bytes), key if key is not None else signer.public_key
+        )
     )
 
 
