@@ -170,6 +170,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_mesh(args: argparse.Namespace) -> int:
+    from inos_node.bench.mesh import run_mesh
+
+    report = run_mesh(quick=args.quick, gossip_30=args.gossip_30, progress=not args.json)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key:36} {value}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import trio
 
@@ -448,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure Ray's trivial task round trip (needs the bench extra; runs Ray in a "
                         "loopback-only network namespace)")
     b.set_defaults(fn=cmd_bench)
+    b = bsub.add_parser("mesh", help="remote capsules, blobs, connects and gossip beside raw py-libp2p baselines")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, noisier)")
+    b.add_argument("--gossip-30", action="store_true", help="also measure gossip across 30 node processes")
+    b.set_defaults(fn=cmd_bench_mesh)
 
     p = sub.add_parser("demo", help="a local node: the boids showcase and a few capsules, with live epochs")
     p.add_argument("--boids", type=int, default=10_000, help="flock size (default 10000)")

@@ -18,6 +18,7 @@ digest and verify the receipt before the result is accepted.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -89,6 +90,10 @@ class Mesh:
                 await n.start(self.blob_server.run)
                 self.blob_client = BlobClient(host)
                 await n.start(self.blob_client.run)
+                if os.environ.get("INOS_BENCH") == "1":  # raw baselines for `inos bench mesh` only
+                    from inos_node.net import bench as netbench
+
+                    netbench.register_raw_handlers(host)
                 if cfg.bootstrap:
                     self.boot = Bootstrapper(host, list(cfg.bootstrap))
                     await n.start(self.boot.run)

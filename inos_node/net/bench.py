@@ -505,3 +505,9 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def register_raw_handlers(host: Any) -> None:
+    """The raw echo and bulk protocols, on a node started for ``inos bench mesh`` (INOS_BENCH=1)."""
+    host.set_stream_handler(ECHO_PROTOCOL, _echo_stream)
+    host.set_stream_handler(BULK_PROTOCOL, _bulk)

@@ -149,6 +149,8 @@ class HelloGate:
         self._on_verified = on_verified
         self._on_rejected = on_rejected
         self._local = str(host.get_id().to_base58())
+        # Fail here, not in a gate task, if our own hello cannot be encoded (a name too long).
+        encode_hello(Hello(network_id, self._local, self._local, bytes(16), PROTOCOL_VERSION, name))
         self._peers: dict[str, _PeerState] = {}
         self._gating: set[str] = set()
         # Bound: one queued id per connection not yet picked up by the gate loop.
