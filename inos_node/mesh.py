@@ -68,7 +68,7 @@ class Mesh:
     async def open(self) -> AsyncIterator[Mesh]:
         d = self.daemon
         cfg = d.config
-        async with open_host(d.identity, HostConfig(listen=cfg.listen, announce=cfg.announce)) as host:
+        async with open_host(d.identity, HostConfig(listen=cfg.listen, announce=cfg.announce, mdns=cfg.mdns)) as host:
             self.host = host
             self.peer_id = str(host.get_id().to_base58())
             async with trio.open_nursery() as n:

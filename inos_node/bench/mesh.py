@@ -101,13 +101,11 @@ async def _main(quick: bool, gossip_30: bool, say: Any) -> dict[str, Any]:
             report["blob_mbps"] = round(len(big) / statistics.median(runs) / 1e6, 1)
 
             say("new connections")
-            from libp2p.peer.id import ID  # noqa: F401 - the bench drives the host directly
-
-            from inos_node.net.host import connect
+            from inos_node.net.host import connect, disconnect
 
             conns = []
             for _ in range(10):
-                await mesh.host.disconnect(ID.from_base58(b.peer_id))
+                await disconnect(mesh.host, b.peer_id)
                 t0 = time.perf_counter()
                 await connect(mesh.host, b.address)
                 conns.append(time.perf_counter() - t0)

@@ -43,6 +43,7 @@ class HostConfig:
     listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
     announce: tuple[str, ...] = ()
     max_connections: int = 256
+    mdns: bool = False  # off by default: it multicasts beyond loopback (untested here)
 
     def __post_init__(self) -> None:
         for addr in (*self.listen, *self.announce):
@@ -80,6 +81,7 @@ async def open_host(identity: Identity, config: HostConfig) -> AsyncIterator[Any
             dial_timeout=5.0,
         ),
         announce_addrs=[multiaddr.Multiaddr(a) for a in config.announce] or None,
+        enable_mDNS=config.mdns,
     )
     async with host.run(listen_addrs=[multiaddr.Multiaddr(a) for a in config.listen]):
         yield host
@@ -112,3 +114,7 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     from libp2p.crypto.ed25519 import Ed25519PublicKey
 
     return ID.from_pubkey(Ed25519PublicKey.from_bytes(public_key)).to_base58()
+
+
+async def disconnect(host: Any, peer_id: str) -> None:
+    await host.disconnect(ID.from_base58(peer_id))

@@ -1,7 +1,9 @@
 @0x90b5debd19c7c0e2;
 # Gossip topics: signed capability adverts (topic "inos/adverts/1").
-# A gossip message's data is a SignedAdvert; the signature covers `advert` (canonical capnp bytes
-# of an Advert) with the node's Ed25519 key, and the libp2p message itself is signed too.
+# A gossip message's data is a SignedAdvert; the signature (the node's Ed25519 key) covers
+# b"inos/advert/1\x00" + `advert` (the canonical capnp bytes of an Advert): the prefix keeps an
+# advert signature from passing for a receipt or a hello signed by the same key. The libp2p
+# message itself is signed too.
 
 struct MethodPrice {
   method @0 :Text;          # "library.method"
