@@ -67,11 +67,14 @@ class LocalNode:
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[LocalNode]:
-        from inos_node.arena import Arena, EpochWatcher, MessageRegion
+        from inos_node.arena import Arena, EpochWatcher, MessageRegion, sweep_stale
 
         cfg = self.config
+        swept = sweep_stale(cfg.arena_dir, "inos-")
+        if swept:
+            log.warning("removed %d arena(s) left by nodes that died: %s", len(swept), ", ".join(swept))
         size = cfg.arena_size or self.layout["defaultArenaSize"]
-        name = f"{cfg.name}-{os.getpid()}"
+        name = f"{cfg.name}-{os.getpid()}" if cfg.name.startswith("inos") else f"inos-{cfg.name}-{os.getpid()}"
         with Arena.create(name=name, size=size, directory=cfg.arena_dir) as arena:
             self.arena = arena
             async with trio.open_nursery() as nursery:

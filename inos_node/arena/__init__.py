@@ -16,6 +16,7 @@ The memory-ordering argument lives in ``arena.py``'s docstring; the wake-up desi
 
 from __future__ import annotations
 
+from inos_node.arena._lifecycle import sweep_stale
 from inos_node.arena.arena import Arena, ArenaStatistics, Block, EpochInfo, RegionEntry, open_arena
 from inos_node.arena.epochs import BlockingWaiter, EpochWatcher
 from inos_node.arena.layout import Layout, layout
@@ -37,4 +38,5 @@ __all__ = [
     "Ring",
     "layout",
     "open_arena",
+    "sweep_stale",
 ]

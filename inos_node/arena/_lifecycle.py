@@ -211,3 +211,24 @@ def remove_stale_tmp(directory: str, name: str) -> None:
         if not _shm.pid_alive(pid):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+def sweep_stale(directory: str, prefix: str) -> list[str]:
+    """Remove every arena named ``prefix*`` in ``directory`` whose owner is gone.
+
+    Arenas whose owner is alive, and files that are not arenas, are left alone.  Returns the
+    names removed.  A node calls this at start so that nodes killed with SIGKILL (whose arena
+    names, carrying their pid, are never created again) do not fill /dev/shm.
+    """
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(directory), glob.escape(prefix) + "*")):
+        name = os.path.basename(path)
+        if ".bell." in name or name.startswith("."):
+            continue
+        try:
+            remove_if_stale(path, directory, name)
+        except ArenaError:
+            continue
+        if not os.path.exists(path):
+            removed.append(name)
+    return removed

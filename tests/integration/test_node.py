@@ -174,3 +174,21 @@ async def test_inos_units_reads_the_live_registry_from_the_arena(tmp_path, inos_
         assert b"compute [running, 0 restarts]" in p.stdout
     p = await trio.run_process([*inos_cmd, "units", "--arena", "no-such-arena"], capture_stderr=True, check=False)
     assert p.returncode == 1 and b"no-such-arena" in p.stderr
+
+
+def test_a_node_start_sweeps_arenas_of_killed_nodes(tmp_path):
+    import sys
+
+    from inos_node.arena import sweep_stale
+
+    code = ("import os, sys; from inos_node.arena import Arena;"
+            f"a = Arena.create('inos-victim-test', size=8 * 1024 * 1024, directory={str(tmp_path)!r});"
+            "print('up', flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "up"
+    assert sweep_stale(str(tmp_path), "inos-") == [], "a live owner's arena is left alone"
+    child.kill()
+    child.wait()
+    assert (tmp_path / "inos-victim-test").exists()
+    assert sweep_stale(str(tmp_path), "inos-") == ["inos-victim-test"]
+    assert not list(tmp_path.glob("inos-victim-test*")), "arena and doorbells removed"
