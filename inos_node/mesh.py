@@ -62,6 +62,8 @@ class Mesh:
         self._fail: dict[str, int] = {}
         self._ok: dict[str, int] = {}
         self.served = 0
+        self._nursery: trio.Nursery | None = None
+        self._provided: set[bytes] = set()
 
     # ------------------------------------------------------------------ lifetime
     @asynccontextmanager
@@ -97,8 +99,12 @@ class Mesh:
                 if cfg.bootstrap:
                     self.boot = Bootstrapper(host, list(cfg.bootstrap))
                     await n.start(self.boot.run)
-                yield self
-                n.cancel_scope.cancel()
+                self._nursery = n
+                try:
+                    yield self
+                finally:
+                    self._nursery = None
+                    n.cancel_scope.cancel()
 
     async def _verified(self, peer_id: str) -> None:
         log.info("peer %s verified (same network)", peer_id)
@@ -188,9 +194,11 @@ class Mesh:
         if len(data) > INLINE_MAX:
             self.blobs.put(data)
             payload = Digest(digest)
+            self._announce(digest)
         module, module_digest = req.module, None
         if module is not None and len(module) > INLINE_MAX:
             module_digest = self.blobs.put(module)
+            self._announce(module_digest)
             module = None
         job = JobRequest(job_id=job_id, library=req.library, method=req.method, input=payload,
                          params=dict(req.params), budget=req.budget, deadline_ms=left_ms, replicas=1,
@@ -223,6 +231,18 @@ class Mesh:
             "receipt": receipt_json(resp.receipt) if resp.receipt is not None and result.ok else None,
             "error": result.error,
         }
+
+    def _announce(self, digest: bytes) -> None:
+        """Provide ``digest`` in the DHT in the background (a peer lacking it can find us)."""
+        if self._nursery is not None and digest not in self._provided:
+            self._provided.add(digest)
+            self._nursery.start_soon(self._provide, digest)
+
+    async def _provide(self, digest: bytes) -> None:
+        try:
+            await self.dht.provide(digest)
+        except PeerError as exc:
+            log.info("could not announce %s in the DHT: %s", digest.hex()[:16], exc)
 
     async def _ensure_connected(self, peer_id: str) -> None:
         """Dial a peer we know of (from its advert) but are not connected to yet."""

@@ -60,6 +60,7 @@ __all__ = [
     "libp2p_stream_rtt_p50_us",
     "libp2p_stream_throughput_per_s",
     "open_server_process",
+    "register_raw_handlers",
     "run_mesh_bench",
 ]
 
@@ -170,6 +171,12 @@ async def _bulk(stream: Any) -> None:
         await reset_quietly(stream)
 
 
+def register_raw_handlers(host: Any) -> None:
+    """The raw echo and bulk protocols, on a node started for ``inos bench mesh`` (INOS_BENCH=1)."""
+    host.set_stream_handler(ECHO_PROTOCOL, _echo_stream)
+    host.set_stream_handler(BULK_PROTOCOL, _bulk)
+
+
 # ------------------------------------------------------------------------------ server process
 
 
@@ -185,8 +192,7 @@ async def _serve_main(seed: bytes, blob_mib: int) -> None:
             print(f"STARTED {run.request_id}", flush=True)  # noqa: T201 - the test harness reads it
 
     async with open_host(identity, HostConfig()) as host:
-        host.set_stream_handler(ECHO_PROTOCOL, _echo_stream)
-        host.set_stream_handler(BULK_PROTOCOL, _bulk)
+        register_raw_handlers(host)
         async with trio.open_nursery() as nursery:
             await nursery.start(DelegationServer(host, echo_handler(identity, on_start=started)).run)
             await nursery.start(BlobServer(host, store).run)
@@ -505,9 +511,3 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
-
-
-def register_raw_handlers(host: Any) -> None:
-    """The raw echo and bulk protocols, on a node started for ``inos bench mesh`` (INOS_BENCH=1)."""
-    host.set_stream_handler(ECHO_PROTOCOL, _echo_stream)
-    host.set_stream_handler(BULK_PROTOCOL, _bulk)

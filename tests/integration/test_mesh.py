@@ -148,3 +148,28 @@ def test_a_lying_peer_is_caught_by_replicas(tmp_path):
     finally:
         for n in (a, honest, liar):
             n.stop()
+
+
+def test_one_node_per_data_dir_and_clean_shutdown(tmp_path, inos_cmd):
+    import glob
+    import signal
+
+    a = start_node(tmp_path, "a")
+    try:
+        arena = a.info["arena"]
+        assert glob.glob(f"/dev/shm/{arena}")
+        p = subprocess.run([*inos_cmd, "node", "run", "--data-dir", str(a.data_dir), "--listen",
+                            "/ip4/127.0.0.1/tcp/0", "--api", "127.0.0.1:0"], capture_output=True, timeout=60)
+        assert p.returncode != 0 and b"in use by a running node" in p.stderr
+        for name in ("identity.key", "api.token"):
+            assert (a.data_dir / name).stat().st_mode & 0o777 == 0o600
+        p = subprocess.run([*inos_cmd, "id", "--data-dir", str(a.data_dir), "--api", a.api, "--json"],
+                           capture_output=True, timeout=60)
+        doc = json.loads(p.stdout)
+        assert doc["peer_id"] == a.peer_id and doc["did"].startswith("did:inos:")
+        assert doc["addresses"] == a.info["addresses"] and doc["addresses"][0].endswith(f"/p2p/{a.peer_id}")
+        a.proc.send_signal(signal.SIGTERM)
+        assert a.proc.wait(timeout=5) == 0, "SIGTERM: a clean exit within 5 s"
+        assert not glob.glob(f"/dev/shm/{arena}*"), "the arena and its doorbells are unlinked"
+    finally:
+        a.kill()
