@@ -15,6 +15,7 @@ between peer id and account needs no extra certificate: both are the same public
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import secrets
 from dataclasses import dataclass
@@ -42,11 +43,12 @@ def did_of(public_key: bytes) -> str:
 class Identity:
     seed: bytes
 
-    @property
+    @functools.cached_property
     def signing_key(self) -> nacl.signing.SigningKey:
+        # Deriving the key pair from the seed costs tens of microseconds: once per identity.
         return nacl.signing.SigningKey(self.seed)
 
-    @property
+    @functools.cached_property
     def public_key(self) -> bytes:
         return bytes(self.signing_key.verify_key)
 
@@ -58,9 +60,14 @@ class Identity:
         return bytes(self.signing_key.sign(message).signature)
 
 
+@functools.lru_cache(maxsize=4096)
+def _verify_key(public_key: bytes) -> nacl.signing.VerifyKey:
+    return nacl.signing.VerifyKey(public_key)
+
+
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     try:
-        nacl.signing.VerifyKey(public_key).verify(message, signature)
+        _verify_key(bytes(public_key)).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
         return False
     return True

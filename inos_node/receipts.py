@@ -26,11 +26,36 @@ from inos_node.net.host import peer_id_from_public_key
 from inos_node.types import Metrics
 from inos_node.wire.delegation import Receipt, ReceiptBody, decode_receipt_body, encode_receipt_body
 
-__all__ = ["ReceiptInvalid", "receipt_json", "sign_receipt", "verify_receipt"]
+__all__ = ["ReceiptInvalid", "open_receipt", "receipt_json", "sign_body", "sign_receipt", "verify_receipt"]
 
 
 class ReceiptInvalid(RemoteProtocolError):
     """A worker's receipt does not prove what it claims."""
+
+
+def sign_body(identity: Identity, body: ReceiptBody) -> Receipt:
+    """Sign ``body``'s canonical bytes with the worker's key (its peer id derives from the key)."""
+    raw = encode_receipt_body(body)
+    return Receipt(body=raw, signature=identity.sign(raw), public_key=identity.public_key)
+
+
+def open_receipt(receipt: Receipt, *, worker_peer_id: str | None = None) -> ReceiptBody:
+    """Checks 1 and 2 of the module docstring; returns the signed body.
+
+    Raises:
+        ReceiptInvalid: a bad signature, an undecodable body, or a key that does not derive the
+            body's ``worker`` (or ``worker_peer_id`` when given).
+    """
+    if not verify(receipt.public_key, receipt.body, receipt.signature):
+        raise ReceiptInvalid("receipt signature does not verify")
+    body = decode_receipt_body(receipt.body)
+    signer = peer_id_from_public_key(receipt.public_key)
+    if signer != body.worker or (worker_peer_id is not None and signer != worker_peer_id):
+        raise ReceiptInvalid(
+            f"receipt signed by {signer} for worker {body.worker} (expected {worker_peer_id or body.worker}): "
+            "signed by another key"
+        )
+    return body
 
 
 def sign_receipt(identity: Identity, *, job_id: str, requester: str, worker: str, capsule: str,
@@ -38,8 +63,7 @@ def sign_receipt(identity: Identity, *, job_id: str, requester: str, worker: str
     body = ReceiptBody(job_id=job_id, requester=requester, worker=worker, capsule=capsule,
                        input_digest=input_digest, output_digest=blake3.blake3(output).digest(), cost=cost,
                        metrics=metrics, finished_unix_ms=int(time.time() * 1000))
-    raw = encode_receipt_body(body)
-    return Receipt(body=raw, signature=identity.sign(raw), public_key=identity.public_key)
+    return sign_body(identity, body)
 
 
 def verify_receipt(receipt: Receipt | None, *, worker: str, job_id: str, requester: str, capsule: str,
@@ -47,15 +71,12 @@ def verify_receipt(receipt: Receipt | None, *, worker: str, job_id: str, request
     """Every check of the module docstring; returns the verified body."""
     if receipt is None:
         raise ReceiptInvalid(f"worker {worker} returned a result without a receipt")
-    if not verify(receipt.public_key, receipt.body, receipt.signature):
-        raise ReceiptInvalid(f"receipt from {worker}: the signature does not verify")
     try:
-        signer = peer_id_from_public_key(receipt.public_key)
-    except Exception as exc:  # noqa: BLE001 - a malformed key in any form
-        raise ReceiptInvalid(f"receipt from {worker}: malformed public key") from exc
-    if signer != worker:
-        raise ReceiptInvalid(f"receipt from {worker} is signed by another key (peer {signer})")
-    body = decode_receipt_body(receipt.body)
+        body = open_receipt(receipt, worker_peer_id=worker)
+    except ReceiptInvalid as exc:
+        raise ReceiptInvalid(f"receipt from {worker}: {exc}") from None
+    except RemoteProtocolError as exc:  # an undecodable body or a malformed key
+        raise ReceiptInvalid(f"receipt from {worker}: {exc}") from exc
     checks = (
         ("job id", body.job_id, job_id),
         ("requester", body.requester, requester),

@@ -56,7 +56,6 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from inos_node.errors import LocalProtocolError, PeerError, RemoteProtocolError
-from inos_node.identity import Identity, verify
 from inos_node.net.framing import (
     Admit,
     CorrelatedClient,
@@ -65,21 +64,17 @@ from inos_node.net.framing import (
     encode_frame,
     reset_quietly,
 )
-from inos_node.net.hello import peer_id_from_public_key
+from inos_node import receipts as _receipts
 from inos_node.types import JobRequest, JobResult, Status
 from inos_node.wire.delegation import (
     DEFAULT_MAX_FRAME,
     DelegateCancel,
     DelegateResponse,
     DelegateRun,
-    Receipt,
-    ReceiptBody,
     decode_delegate_request,
     decode_delegate_response,
-    decode_receipt_body,
     encode_delegate_request,
     encode_delegate_response,
-    encode_receipt_body,
 )
 
 __all__ = [
@@ -125,29 +120,10 @@ def _answer(run: DelegateRun, status: Status, error: str, *, retryable: bool = F
 # ------------------------------------------------------------------------------------ receipts
 
 
-def sign_receipt(identity: Identity, body: ReceiptBody) -> Receipt:
-    """Sign ``body``'s canonical bytes with the worker's key (its peer id derives from it)."""
-    data = encode_receipt_body(body)
-    key = identity.signing_key  # derived once: Identity derives it anew on every access
-    return Receipt(body=data, signature=bytes(key.sign(data).signature), public_key=bytes(key.verify_key))
-
-
-def verify_receipt(receipt: Receipt, *, worker_peer_id: str | None = None) -> ReceiptBody:
-    """Check a receipt's signature and that its key is the worker's; return the signed body.
-
-    Raises:
-        RemoteProtocolError: bad signature, undecodable body, a key that does not derive the
-            body's ``worker`` (or ``worker_peer_id`` when given).
-    """
-    if not verify(receipt.public_key, receipt.body, receipt.signature):
-        raise RemoteProtocolError("receipt signature does not verify")
-    body = decode_receipt_body(receipt.body)
-    signer = peer_id_from_public_key(receipt.public_key)
-    if signer != body.worker or (worker_peer_id is not None and signer != worker_peer_id):
-        raise RemoteProtocolError(
-            f"receipt signed by {signer} for worker {body.worker} (expected {worker_peer_id or body.worker})"
-        )
-    return body
+# Receipts are signed and opened by inos_node.receipts (one implementation for the node and the
+# protocol); re-exported here for the protocol's users.
+sign_receipt = _receipts.sign_body
+verify_receipt = _receipts.open_receipt
 
 
 # -------------------------------------------------------------------------------------- server

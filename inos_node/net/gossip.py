@@ -49,7 +49,6 @@ from typing import Any
 
 import trio
 from libp2p.abc import INotifee
-from libp2p.crypto.ed25519 import Ed25519PublicKey
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
@@ -58,7 +57,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from inos_node.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from inos_node.identity import Identity
-from inos_node.net.host import peer_id_of
+from inos_node.net.host import peer_id_from_public_key, peer_id_of
 from inos_node.protocols.adverts import DEFAULT_MAX_TTL_MS, Advert, AdvertTable, next_sequence
 from inos_node.wire.adverts import decode_advert, decode_signed_advert, open_signed_advert, sign_advert
 
@@ -72,7 +71,6 @@ __all__ = [
     "GossipStatistics",
     "Topic",
     "adverts_topic",
-    "peer_id_of_public_key",
     "unix_ms",
 ]
 
@@ -84,11 +82,6 @@ ADVERTS_TOPIC = "inos/adverts/1"
 def unix_ms() -> int:
     """Wall-clock Unix milliseconds: adverts carry absolute times compared across nodes."""
     return time.time_ns() // 1_000_000
-
-
-def peer_id_of_public_key(public_key: bytes) -> str:
-    """The libp2p peer id (base58) of a raw 32-byte Ed25519 public key."""
-    return str(ID.from_pubkey(Ed25519PublicKey.from_bytes(public_key)).to_base58())
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,7 +498,7 @@ class AdvertBook:
             advert, key = open_signed_advert(msg.data)
         except RemoteProtocolError as exc:
             return str(exc)
-        if peer_id_of_public_key(key) != advert.peer_id:
+        if peer_id_from_public_key(key) != advert.peer_id:
             return "the signing key does not derive the advert's peer id"
         if advert.peer_id != msg.from_peer:
             return "the advert's peer id is not the gossip message's sender"

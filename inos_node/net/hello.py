@@ -42,13 +42,13 @@ from typing import Any
 
 import trio
 from libp2p.abc import INotifee
-from libp2p.crypto.ed25519 import Ed25519PublicKey
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from inos_node.errors import PeerError, RemoteProtocolError
 from inos_node.identity import Identity, verify
 from inos_node.net.framing import FrameReader, reset_quietly, write_frame
+from inos_node.net.host import peer_id_from_public_key
 from inos_node.wire.hello import (
     MAX_HELLO_BYTES,
     NETWORK_ID_BYTES,
@@ -67,18 +67,6 @@ PROTOCOL_VERSION = 1
 log = logging.getLogger(__name__)
 
 PeerCallback = Callable[[str], Awaitable[None] | None]
-
-
-def peer_id_from_public_key(public_key: bytes) -> str:
-    """The libp2p peer id an Ed25519 public key derives.
-
-    Raises:
-        RemoteProtocolError: not a valid Ed25519 public key.
-    """
-    try:
-        return str(ID.from_pubkey(Ed25519PublicKey.from_bytes(public_key)).to_base58())
-    except Exception as exc:  # noqa: BLE001 - nacl raises several types for a bad key
-        raise RemoteProtocolError(f"not an Ed25519 public key ({len(public_key)} bytes)") from exc
 
 
 class _PeerState:

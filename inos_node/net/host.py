@@ -11,6 +11,7 @@ Why each setting (measured in notes/py-libp2p.md):
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -30,7 +31,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from inos_node.errors import ConfigError, PeerError
+from inos_node.errors import ConfigError, PeerError, RemoteProtocolError
 from inos_node.identity import Identity
 
 __all__ = ["HostConfig", "connect", "open_host", "peer_id_from_public_key", "peer_id_of", "quiet_libp2p_logs"]
@@ -109,11 +110,15 @@ def listen_addresses(addrs: Sequence[Any]) -> list[str]:
     return [str(a) for a in addrs]
 
 
+@functools.lru_cache(maxsize=4096)
 def peer_id_from_public_key(public_key: bytes) -> str:
-    """The libp2p peer id of a raw 32-byte Ed25519 public key."""
+    """The libp2p peer id of a raw 32-byte Ed25519 public key (cached: peers repeat)."""
     from libp2p.crypto.ed25519 import Ed25519PublicKey
 
-    return ID.from_pubkey(Ed25519PublicKey.from_bytes(public_key)).to_base58()
+    try:
+        return str(ID.from_pubkey(Ed25519PublicKey.from_bytes(bytes(public_key))).to_base58())
+    except Exception as exc:  # noqa: BLE001 - nacl raises several types for a bad key
+        raise RemoteProtocolError(f"not an Ed25519 public key ({len(public_key)} bytes)") from exc
 
 
 async def disconnect(host: Any, peer_id: str) -> None:
