@@ -122,8 +122,6 @@ async def _bench_engine(report: dict[str, Any], quick: bool, progress: Callable[
 
 
 async def _bench_hash_compress(report: dict[str, Any], node: Any, quick: bool) -> None:
-    import blake3
-    import brotli
 
     from inos_node.types import ArenaSlice
 
