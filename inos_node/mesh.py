@@ -203,20 +203,28 @@ class Mesh:
         job = JobRequest(job_id=job_id, library=req.library, method=req.method, input=payload,
                          params=dict(req.params), budget=req.budget, deadline_ms=left_ms, replicas=1,
                          module=module, module_digest=module_digest)
-        await self._ensure_connected(target)
         t0 = time.perf_counter()
-        resp: DelegateResponse = await self.client.request(target, job, input_digest=digest,
-                                                           deadline_unix_ms=unix_ms() + left_ms)
+        try:
+            resp: DelegateResponse = await self.client.request(target, job, input_digest=digest,
+                                                               deadline_unix_ms=unix_ms() + left_ms)
+        except PeerError:
+            if target in self.connected():
+                raise
+            # a peer we know from its advert but have no connection to (yet): dial it, ask again
+            await self._ensure_connected(target)
+            t0 = time.perf_counter()
+            resp = await self.client.request(target, job, input_digest=digest, deadline_unix_ms=unix_ms() + left_ms)
         result = resp.result
         output = b""
+        body = None
         if result.ok:
             if isinstance(result.output, Digest):
                 output = await self.blob_client.fetch(target, result.output.value,
                                                       max_bytes=self.daemon.local.engine.config.max_input_bytes)
             else:
                 output = bytes(result.output)  # type: ignore[arg-type]
-            verify_receipt(resp.receipt, worker=target, job_id=job_id, requester=self.peer_id,
-                           capsule=req.capsule, input_digest=digest, output=output)
+            body = verify_receipt(resp.receipt, worker=target, job_id=job_id, requester=self.peer_id,
+                                  capsule=req.capsule, input_digest=digest, output=output)
             self._ok[target] = self._ok.get(target, 0) + 1
         elapsed_ms = (time.perf_counter() - t0) * 1000
         network_ms = max(0.0, elapsed_ms - result.metrics.wall_ns / 1e6)
@@ -228,7 +236,7 @@ class Mesh:
             "executor": target,
             "cost": result.cost,
             "metrics": result.metrics.as_dict(),
-            "receipt": receipt_json(resp.receipt) if resp.receipt is not None and result.ok else None,
+            "receipt": receipt_json(resp.receipt, body) if result.ok and resp.receipt is not None else None,
             "error": result.error,
         }
 

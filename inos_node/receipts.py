@@ -92,8 +92,9 @@ def verify_receipt(receipt: Receipt | None, *, worker: str, job_id: str, request
     return body
 
 
-def receipt_json(receipt: Receipt) -> dict[str, Any]:
-    body = decode_receipt_body(receipt.body)
+def receipt_json(receipt: Receipt, body: ReceiptBody | None = None) -> dict[str, Any]:
+    """JSON-ready form; pass the already verified ``body`` to skip decoding it again."""
+    body = body if body is not None else decode_receipt_body(receipt.body)
     return {
         "job_id": body.job_id,
         "requester": body.requester,
