@@ -70,8 +70,8 @@ def _check_size(data: bytes | memoryview, limit: int, what: str) -> None:
         raise RemoteProtocolError(f"{what} of {n} bytes is not a whole number of 8-byte words", observed=n)
 
 
-def encode_job_request(req: JobRequest, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
-    m = _capsule().JobRequest.new_message()
+def fill_job_request(m: Any, req: JobRequest) -> None:
+    """Fill a capnp ``JobRequest`` builder (shared with the p2p codecs that embed one)."""
     m.jobId = req.job_id
     m.library = req.library
     m.method = req.method
@@ -91,98 +91,115 @@ def encode_job_request(req: JobRequest, *, max_bytes: int = DEFAULT_MAX_MESSAGE_
         m.module = req.module
     if req.module_digest is not None:
         m.moduleDigest = req.module_digest
-    out: bytes = m.to_bytes()
-    if len(out) > max_bytes:
-        raise LocalProtocolError(
-            f"job request of {len(out)} bytes is over the {max_bytes}-byte limit", limit=max_bytes, observed=len(out)
-        )
-    return out
 
 
-def decode_job_request(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> JobRequest:
-    _check_size(data, max_bytes, "job request")
-    try:
-        with _capsule().JobRequest.from_bytes(
-            data, traversal_limit_in_words=len(data) // _WORD * 4 + 1024, nesting_limit=16
-        ) as r:
-            params: dict[str, Any] = {}
-            for p in r.params:
-                raw = p.value
-                try:
-                    params[p.key] = json.loads(raw)
-                except ValueError:
-                    params[p.key] = raw
-            return JobRequest(
-                job_id=r.jobId,
-                library=r.library,
-                method=r.method,
-                input=_get_payload(r.input),
-                params=params,
-                budget=r.budget,
-                priority=r.priority,
-                deadline_ms=r.deadlineMs,
-                replicas=r.replicas,
-                module=bytes(r.module) if r._has("module") else None,
-                module_digest=bytes(r.moduleDigest) if r._has("moduleDigest") else None,
-            )
-    except RemoteProtocolError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - capnp raises KjException/ValueError/UnicodeError: all mean "malformed"
-        raise RemoteProtocolError(f"malformed job request: {_short(exc)}") from exc
+def read_job_request(r: Any) -> JobRequest:
+    params: dict[str, Any] = {}
+    for p in r.params:
+        raw = p.value
+        try:
+            params[p.key] = json.loads(raw)
+        except ValueError:
+            params[p.key] = raw
+    return JobRequest(
+        job_id=r.jobId,
+        library=r.library,
+        method=r.method,
+        input=_get_payload(r.input),
+        params=params,
+        budget=r.budget,
+        priority=r.priority,
+        deadline_ms=r.deadlineMs,
+        replicas=r.replicas,
+        module=bytes(r.module) if r._has("module") else None,
+        module_digest=bytes(r.moduleDigest) if r._has("moduleDigest") else None,
+    )
 
 
-def encode_job_result(res: JobResult, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
-    m = _capsule().JobResult.new_message()
+def fill_metrics(mt: Any, metrics: Metrics) -> None:
+    mt.wallNs = metrics.wall_ns
+    mt.cpuNs = metrics.cpu_ns
+    mt.fuel = metrics.fuel
+    mt.peakMemoryBytes = metrics.peak_memory_bytes
+    mt.inputBytes = metrics.input_bytes
+    mt.outputBytes = metrics.output_bytes
+
+
+def read_metrics(mt: Any) -> Metrics:
+    return Metrics(
+        wall_ns=mt.wallNs,
+        cpu_ns=mt.cpuNs,
+        fuel=mt.fuel,
+        peak_memory_bytes=mt.peakMemoryBytes,
+        input_bytes=mt.inputBytes,
+        output_bytes=mt.outputBytes,
+    )
+
+
+def fill_job_result(m: Any, res: JobResult) -> None:
     m.jobId = res.job_id
     m.status = res.status.value
     _set_payload(m, "output", res.output)
     m.cost = res.cost
-    mt = m.init("metrics")
-    mt.wallNs = res.metrics.wall_ns
-    mt.cpuNs = res.metrics.cpu_ns
-    mt.fuel = res.metrics.fuel
-    mt.peakMemoryBytes = res.metrics.peak_memory_bytes
-    mt.inputBytes = res.metrics.input_bytes
-    mt.outputBytes = res.metrics.output_bytes
+    fill_metrics(m.init("metrics"), res.metrics)
     m.error = res.error
     m.retryable = res.retryable
     m.executor = res.executor
+
+
+def read_job_result(r: Any) -> JobResult:
+    return JobResult(
+        job_id=r.jobId,
+        status=Status(str(r.status)),
+        output=_get_payload(r.output),
+        cost=r.cost,
+        metrics=read_metrics(r.metrics),
+        error=r.error,
+        retryable=r.retryable,
+        executor=r.executor,
+    )
+
+
+def _finish(m: Any, what: str, max_bytes: int) -> bytes:
     out: bytes = m.to_bytes()
     if len(out) > max_bytes:
         raise LocalProtocolError(
-            f"job result of {len(out)} bytes is over the {max_bytes}-byte limit", limit=max_bytes, observed=len(out)
+            f"{what} of {len(out)} bytes is over the {max_bytes}-byte limit", limit=max_bytes, observed=len(out)
         )
     return out
 
 
-def decode_job_result(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> JobResult:
-    _check_size(data, max_bytes, "job result")
+def _decode(struct: str, data: bytes | memoryview, max_bytes: int, what: str, read: Any) -> Any:
+    _check_size(data, max_bytes, what)
     try:
-        with _capsule().JobResult.from_bytes(
+        with getattr(_capsule(), struct).from_bytes(
             data, traversal_limit_in_words=len(data) // _WORD * 4 + 1024, nesting_limit=16
         ) as r:
-            mt = r.metrics
-            return JobResult(
-                job_id=r.jobId,
-                status=Status(str(r.status)),
-                output=_get_payload(r.output),
-                cost=r.cost,
-                metrics=Metrics(
-                    wall_ns=mt.wallNs,
-                    cpu_ns=mt.cpuNs,
-                    fuel=mt.fuel,
-                    peak_memory_bytes=mt.peakMemoryBytes,
-                    input_bytes=mt.inputBytes,
-                    output_bytes=mt.outputBytes,
-                ),
-                error=r.error,
-                retryable=r.retryable,
-                executor=r.executor,
-            )
+            return read(r)
     except RemoteProtocolError:
         raise
-    except Exception as exc:  # noqa: BLE001 - see decode_job_request
-        raise RemoteProtocolError(f"malformed job result: {_short(exc)}") from exc
+    except Exception as exc:  # noqa: BLE001 - capnp raises KjException/ValueError/UnicodeError: all mean "malformed"
+        raise RemoteProtocolError(f"malformed {what}: {_short(exc)}") from exc
+
+
+def encode_job_request(req: JobRequest, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
+    m = _capsule().JobRequest.new_message()
+    fill_job_request(m, req)
+    return _finish(m, "job request", max_bytes)
+
+
+def decode_job_request(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> JobRequest:
+    return _decode("JobRequest", data, max_bytes, "job request", read_job_request)  # type: ignore[no-any-return]
+
+
+def encode_job_result(res: JobResult, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
+    m = _capsule().JobResult.new_message()
+    fill_job_result(m, res)
+    return _finish(m, "job result", max_bytes)
+
+
+def decode_job_result(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> JobResult:
+    return _decode("JobResult", data, max_bytes, "job result", read_job_result)  # type: ignore[no-any-return]
 
 
 def _short(exc: BaseException) -> str:

@@ -19,15 +19,20 @@ The two unions of the schema are unions of dataclasses here:
 from __future__ import annotations
 
 import functools
-import json
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from inos_node.errors import LocalProtocolError, RemoteProtocolError
-from inos_node.types import JobRequest, JobResult, Metrics, Status
+from inos_node.types import JobRequest, JobResult, Metrics
 from inos_node.wire import schemas
-from inos_node.wire.codec import _check_size, _get_payload, _set_payload, _short
+from inos_node.wire.codec import _check_size, _short
+from inos_node.wire.codec import fill_job_request as _fill_job_request
+from inos_node.wire.codec import fill_job_result as _fill_job_result
+from inos_node.wire.codec import fill_metrics as _fill_metrics
+from inos_node.wire.codec import read_job_request as _read_job_request
+from inos_node.wire.codec import read_job_result as _read_job_result
+from inos_node.wire.codec import read_metrics as _read_metrics
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -174,95 +179,6 @@ def _u64(value: int, what: str) -> int:
     if not 0 <= value < 2**64:
         raise LocalProtocolError(f"{what} {value} does not fit an unsigned 64-bit field")
     return value
-
-
-def _fill_job_request(m: Any, req: JobRequest) -> None:
-    m.jobId = req.job_id
-    m.library = req.library
-    m.method = req.method
-    _set_payload(m, "input", req.input)
-    params = m.init("params", len(req.params))
-    for i, (k, v) in enumerate(req.params.items()):
-        params[i].key = k
-        try:
-            params[i].value = json.dumps(v)
-        except (TypeError, ValueError) as exc:
-            raise LocalProtocolError(f"param {k!r} is not JSON-serialisable: {exc}") from exc
-    m.budget = req.budget
-    m.priority = req.priority
-    m.deadlineMs = req.deadline_ms
-    m.replicas = req.replicas
-    if req.module is not None:
-        m.module = req.module
-    if req.module_digest is not None:
-        m.moduleDigest = req.module_digest
-
-
-def _read_job_request(r: Any) -> JobRequest:
-    params: dict[str, Any] = {}
-    for p in r.params:
-        raw = p.value
-        try:
-            params[p.key] = json.loads(raw)
-        except ValueError:
-            params[p.key] = raw
-    return JobRequest(
-        job_id=r.jobId,
-        library=r.library,
-        method=r.method,
-        input=_get_payload(r.input),
-        params=params,
-        budget=r.budget,
-        priority=r.priority,
-        deadline_ms=r.deadlineMs,
-        replicas=r.replicas,
-        module=bytes(r.module) if r._has("module") else None,
-        module_digest=bytes(r.moduleDigest) if r._has("moduleDigest") else None,
-    )
-
-
-def _fill_metrics(mt: Any, metrics: Metrics) -> None:
-    mt.wallNs = metrics.wall_ns
-    mt.cpuNs = metrics.cpu_ns
-    mt.fuel = metrics.fuel
-    mt.peakMemoryBytes = metrics.peak_memory_bytes
-    mt.inputBytes = metrics.input_bytes
-    mt.outputBytes = metrics.output_bytes
-
-
-def _read_metrics(mt: Any) -> Metrics:
-    return Metrics(
-        wall_ns=mt.wallNs,
-        cpu_ns=mt.cpuNs,
-        fuel=mt.fuel,
-        peak_memory_bytes=mt.peakMemoryBytes,
-        input_bytes=mt.inputBytes,
-        output_bytes=mt.outputBytes,
-    )
-
-
-def _fill_job_result(m: Any, res: JobResult) -> None:
-    m.jobId = res.job_id
-    m.status = res.status.value
-    _set_payload(m, "output", res.output)
-    m.cost = res.cost
-    _fill_metrics(m.init("metrics"), res.metrics)
-    m.error = res.error
-    m.retryable = res.retryable
-    m.executor = res.executor
-
-
-def _read_job_result(r: Any) -> JobResult:
-    return JobResult(
-        job_id=r.jobId,
-        status=Status(str(r.status)),
-        output=_get_payload(r.output),
-        cost=r.cost,
-        metrics=_read_metrics(r.metrics),
-        error=r.error,
-        retryable=r.retryable,
-        executor=r.executor,
-    )
 
 
 def _decode(struct_name: str, data: bytes | memoryview, max_bytes: int, what: str, read: Any) -> Any:
