@@ -144,6 +144,9 @@ class NodeDaemon:
             raise InvalidParams("the node is not ready yet", param="node")
         method = self.local.engine._methods.get(req.capsule)
         served_locally = method is not None
+        if method is not None and req.replicas > 1 and not method.deterministic:
+            raise InvalidParams(f"{req.capsule} is not deterministic: replicas cannot be compared; use --replicas 1",
+                                param="replicas")
         if not served_locally and req.placement == "local":
             self.local.engine.resolve(req.library, req.method)  # raises UnknownUnit listing what exists
         job_id = self.book.new_id()

@@ -173,3 +173,63 @@ def test_one_node_per_data_dir_and_clean_shutdown(tmp_path, inos_cmd):
         assert not glob.glob(f"/dev/shm/{arena}*"), "the arena and its doorbells are unlinked"
     finally:
         a.kill()
+
+
+async def test_garbage_frames_reset_the_stream_and_the_node_keeps_serving(tmp_path):
+    """A verified peer (it passed the hello) sends malformed and oversized frames to a real node."""
+    import secrets
+
+    import trio
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from inos_node.daemon import DEV_NETWORK_ID
+    from inos_node.identity import Identity
+    from inos_node.net.delegation import PROTOCOL, open_protocol_stream
+    from inos_node.net.hello import HelloGate
+    from inos_node.net.host import HostConfig, connect, open_host
+
+    node = await trio.to_thread.run_sync(lambda: start_node(tmp_path, "target"))
+    try:
+        me = Identity(secrets.token_bytes(32))
+        async with open_host(me, HostConfig()) as host, trio.open_nursery() as nursery:
+            gate = HelloGate(host, me, DEV_NETWORK_ID)
+            await nursery.start(gate.run)
+            await connect(host, node.address)
+            with trio.fail_after(10):
+                await gate.wait_verified(node.peer_id)
+            frames = []
+
+            @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+            @given(st.one_of(
+                st.binary(min_size=1, max_size=300).map(lambda b: len(b).to_bytes(4, "little") + b),  # garbage capnp
+                st.integers(64 * 1024 * 1024, 2**32 - 1).map(lambda n: n.to_bytes(4, "little") + b"x" * 16),  # oversized
+                st.just(b"\x00\x00\x00\x00"),  # zero-length frame
+            ))
+            def collect(frame: bytes) -> None:
+                frames.append(frame)
+
+            collect()
+            for frame in frames:
+                stream = await open_protocol_stream(host, PROTOCOL, node.peer_id)
+                await stream.write(frame)
+                with trio.fail_after(10):
+                    try:
+                        got = await stream.read(65536)  # the node resets the stream: EOF or an error
+                    except Exception:  # noqa: BLE001 - a reset surfaces as one of several libp2p errors
+                        got = b""
+                assert got == b"", "a malformed frame gets no answer: the stream is reset"
+            nursery.cancel_scope.cancel()
+        # the node is up and serves a fresh request
+        rec = await trio.to_thread.run_sync(lambda: node.client().run(SubmitRequest("system.echo", b"still here")))
+        assert rec.ok and rec.output == b"still here"
+        assert node.proc.poll() is None
+    finally:
+        await trio.to_thread.run_sync(node.stop)
+
+
+def test_replicas_of_a_non_deterministic_capsule_are_refused(trio_nodes):
+    a = trio_nodes[0]
+    with pytest.raises(ApiError) as info:
+        a.client().run(SubmitRequest("crypto.ed25519_keygen", b"", replicas=2))
+    assert info.value.status == 400 and "not deterministic" in str(info.value)
