@@ -74,6 +74,7 @@ def cmd_node_run(args: argparse.Namespace) -> int:
         mdns=bool(pick(args.mdns or None, "mdns", False)),
         arena_size=int(pick(args.arena_mb, "arena_mb", 64)) * 1024 * 1024,
         test_corrupt_outputs=bool(os.environ.get("INOS_TEST_CORRUPT_OUTPUTS")),
+        test_hang=bool(os.environ.get("INOS_TEST_HANG")),
     )
     if not args.verbose_libp2p:
         quiet_libp2p_logs()

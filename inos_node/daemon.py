@@ -60,7 +60,9 @@ class DaemonConfig:
     mdns: bool = False
     advert_interval_s: float = 5.0
     arena_size: int = 64 * 1024 * 1024
+    hedge_after: float = 0.5  # fraction of a job's time after which a silent peer gets a backup
     test_corrupt_outputs: bool = False  # a test-only switch: this worker lies about outputs
+    test_hang: bool = False  # a test-only switch: this worker accepts capsules and never answers
 
     def __post_init__(self) -> None:
         host, _, port = self.api.rpartition(":")
@@ -242,8 +244,15 @@ class NodeDaemon:
                 await self._run_replicas(job_id, req, plan, left_ms)
                 return
             target = plan.executors[0]
+            method = self.local.engine._methods.get(req.capsule)
+            hedge = (target != decider.LOCAL and plan.fallbacks and not req.placement.startswith("peer:")
+                     and method is not None and method.deterministic and self.config.hedge_after > 0)
             try:
-                rec = await self._run_on(job_id, req, target, left_ms)
+                if hedge:
+                    target, rec = await self._run_hedged(job_id, req, target, plan.fallbacks[0], left_ms,
+                                                         excluded, attempts)
+                else:
+                    rec = await self._run_on(job_id, req, target, left_ms)
             except (PeerError, RemoteProtocolError) as exc:
                 attempts.append(f"{target}: {exc}")
                 log.warning("job=%s: executor %s failed (%s); retrying elsewhere", job_id, target, exc)
@@ -259,6 +268,52 @@ class NodeDaemon:
                 continue
             self.book.update(job_id, **rec)
             return
+
+    async def _run_hedged(self, job_id: str, req: SubmitRequest, primary: str, backup: str, left_ms: int,
+                          excluded: set[str], attempts: list[str]) -> tuple[str, dict[str, Any]]:
+        """Run on ``primary``; if it has not answered after ``hedge_after`` of the time left (or
+        fails sooner), also run on ``backup``, and take the first answer.
+
+        This is how a peer that hangs without dying is left behind within the job's deadline: a
+        dead or reset peer is noticed in milliseconds, a silent one only by time.  Only for
+        deterministic capsules, where either answer is as good as the other.
+        """
+        send, recv = trio.open_memory_channel[tuple[str, Any]](2)
+        go_backup = trio.Event()
+        started = trio.current_time()
+
+        async def attempt(target: str, delay_s: float) -> None:
+            if delay_s:
+                with trio.move_on_after(delay_s):
+                    await go_backup.wait()
+                log.info("job=%s: %s has not answered; also running it on %s", job_id, primary, target)
+                self.book.update(job_id, status="running", executor=f"{primary},{target}")
+            left = max(1, left_ms - int((trio.current_time() - started) * 1000))
+            try:
+                result: Any = await self._run_on(job_id, req, target, left)
+            except (PeerError, RemoteProtocolError) as exc:
+                result = exc
+            await send.send((target, result))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(attempt, primary, 0)
+            nursery.start_soon(attempt, backup, left_ms / 1000 * self.config.hedge_after)
+            last_exc: Exception | None = None
+            for _ in range(2):
+                target, result = await recv.receive()
+                if isinstance(result, Exception):
+                    last_exc = result
+                    attempts.append(f"{target}: {result}")
+                    self.net.record_failure(target)
+                    excluded.add(target)
+                    go_backup.set()
+                    continue
+                nursery.cancel_scope.cancel()  # the other attempt is no longer needed
+                if target == backup:
+                    self.net.record_failure(primary)  # it was too slow to answer
+                return target, result
+        assert last_exc is not None
+        raise last_exc
 
     async def _run_replicas(self, job_id: str, req: SubmitRequest, plan: decider.Plan, left_ms: int) -> None:
         results: dict[str, dict[str, Any]] = {}

@@ -275,6 +275,8 @@ class Mesh:
     # ------------------------------------------------------------------ worker side
     async def _serve(self, run: DelegateRun, peer_id: str) -> DelegateResponse:
         job = run.job
+        if self.daemon.config.test_hang:
+            await trio.sleep_forever()  # test-only: a peer that is alive but never answers
         try:
             data = await self._input_of(job.input, run.input_digest, peer_id)
             module = job.module

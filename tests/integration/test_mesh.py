@@ -233,3 +233,45 @@ def test_replicas_of_a_non_deterministic_capsule_are_refused(trio_nodes):
     with pytest.raises(ApiError) as info:
         a.client().run(SubmitRequest("crypto.ed25519_keygen", b"", replicas=2))
     assert info.value.status == 400 and "not deterministic" in str(info.value)
+
+
+def test_a_peer_that_hangs_is_left_behind_within_the_deadline(tmp_path):
+    """A peer alive but silent (INOS_TEST_HANG=1) gets a backup after half the job's time."""
+    import secrets
+
+    from inos_node.identity import Identity
+    from inos_node.net.host import peer_id_of
+
+    seeds = sorted((secrets.token_bytes(32) for _ in range(2)), key=lambda s: peer_id_of(Identity(s)))
+    for name, seed in (("hung", seeds[0]), ("good", seeds[1])):  # equal peers rank by peer id: hung first
+        (tmp_path / name).mkdir()
+        key = tmp_path / name / "identity.key"
+        key.write_bytes(seed)
+        key.chmod(0o600)
+    a = start_node(tmp_path, "a", extra=("--prefer", "remote"))
+    hung = start_node(tmp_path, "hung", bootstrap=(a.address,), env={"INOS_TEST_HANG": "1"})
+    good = start_node(tmp_path, "good", bootstrap=(a.address,))
+    try:
+        client = a.client()
+        assert client.wait_peers(serving="compute.sha256", count=2, timeout_s=30)
+        with client.events(timeout=60) as events:
+            job_id = client.submit(SubmitRequest("compute.sha256", b"are you there", placement="remote",
+                                                 timeout_s=6))
+            first = None
+            for ev in events:
+                if ev.get("job_id") != job_id:
+                    continue
+                if ev.get("type") == "running" and first is None:
+                    first = ev["executor"]
+                if ev.get("type") == "finished":
+                    break
+        rec = client.job(job_id)
+        assert first == hung.peer_id, "the hung peer was tried first (it ranks first)"
+        assert rec.ok, rec.error
+        assert rec.executor == good.peer_id and rec.receipt["worker"] == good.peer_id
+        import hashlib
+
+        assert rec.output == hashlib.sha256(b"are you there").digest()
+    finally:
+        for n in (a, hung, good):
+            n.stop()
