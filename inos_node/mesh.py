@@ -189,12 +189,13 @@ class Mesh:
         data = req.input
         if req.input_digest is not None:
             raise InvalidParams("input by digest can only run where the content is", param="input_digest")
-        digest = blake3.blake3(data).digest()
         payload: Any = data
         if len(data) > INLINE_MAX:
-            self.blobs.put(data)
+            digest = self.blobs.put(data)  # hashes once (on all cores for big inputs)
             payload = Digest(digest)
             self._announce(digest)
+        else:
+            digest = blake3.blake3(data).digest()
         module, module_digest = req.module, None
         if module is not None and len(module) > INLINE_MAX:
             module_digest = self.blobs.put(module)
