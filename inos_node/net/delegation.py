@@ -12,7 +12,8 @@ Worker side (``DelegationServer``), per stream::
     reader task ── frame ──► decode ──┬─ run:    limiter slot? ─ no ──► answer capacityExceeded now
      (never blocks on a job:          │                          └ yes ─► job task (handler, deadline)
       notes P9)                       └─ cancel: cancel that job task ───► it answers `cancelled`
-    job task ── response ──► [write lock] ──► stream        (frames never interleave)
+    job task ── response ──► [FrameWriter] ──► stream   (frames never interleave; answers
+                                                         ready together go out in one write)
 
 Rules:
   1. The reader never waits for a job: it reads eagerly and starts one task per request, so a
@@ -60,6 +61,7 @@ from inos_node.net.framing import (
     Admit,
     CorrelatedClient,
     FrameReader,
+    FrameWriter,
     InboundStreams,
     encode_frame,
     reset_quietly,
@@ -141,13 +143,13 @@ class ServerStatistics:
 
 
 class _ServerStream:
-    __slots__ = ("active", "peer_id", "scope", "stream", "write_lock")
+    __slots__ = ("active", "peer_id", "scope", "stream", "writer")
 
     def __init__(self, stream: Any, peer_id: str, scope: trio.CancelScope) -> None:
         self.stream = stream
         self.peer_id = peer_id
         self.scope = scope  # cancels everything on this stream
-        self.write_lock = trio.Lock()
+        self.writer = FrameWriter(stream)  # answers never interleave; concurrent ones coalesce
         self.active: dict[int, _Job] = {}
 
 
@@ -334,8 +336,7 @@ class DelegationServer:
                 )
             )
         frame = encode_frame(payload, limit=self._max_frame)
-        async with conn.write_lock:
-            await conn.stream.write(frame)
+        await conn.writer.write(frame)
 
 
 # -------------------------------------------------------------------------------------- client

@@ -31,7 +31,7 @@ multiplexed request/response stream (``/inos/delegate`` and ``/inos/blob`` both 
 nothing of libp2p (it gets an ``open_stream(peer_id)`` callable) nor of capnp (it gets a
 ``decode`` callable), so it runs as well over an in-memory fake stream.
 
-    call(peer, id, frame) ──► pending[id] = slot ──► send channel ──► writer task ──► stream
+    call(peer, id, frame) ──► pending[id] = slot ──► [FrameWriter, shielded write] ──► stream
                                     ▲                                                   │
     caller wakes ◄── slot.event ◄── reader task: decode, pending.pop(response id) ◄─────┘
 
@@ -41,8 +41,12 @@ nothing of libp2p (it gets an ``open_stream(peer_id)`` callable) nor of capnp (i
     (``LocalProtocolError`` naming the limit), it does not queue;
   * a reset, EOF, write failure or undecodable frame breaks the stream: every pending call on
     it fails with ``PeerError`` (the caller may retry elsewhere) and the stream is reset;
+  * the caller writes its own request frame through the stream's ``FrameWriter`` (no task hop;
+    frames handed in during a write go out together in the next one); the write is shielded,
+    so a cancelled caller never leaves half a frame on the wire;
   * a caller that is cancelled (or whose deadline passes) removes its slot and queues the
-    protocol's cancel frame if one was given (best effort: dropped if the queue is full).
+    protocol's cancel frame if one was given, for the stream's writer task (best effort:
+    dropped if the queue is full).
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ __all__ = [
     "CorrelatedClient",
     "FrameDecoder",
     "FrameReader",
+    "FrameWriter",
     "InboundStreams",
     "ReadableStream",
     "decode_header",
@@ -76,6 +81,7 @@ __all__ = [
 
 HEADER = 4
 READ_SIZE = 256 * 1024
+WRITE_TIMEOUT_S = 30.0  # a CorrelatedClient request write (shielded) stuck longer breaks the stream
 _U32 = struct.Struct("<I")
 R = TypeVar("R")
 log = logging.getLogger(__name__)
@@ -265,6 +271,85 @@ async def write_frame(stream: Any, payload: bytes | bytearray | memoryview, *, l
     await stream.write(encode_frame(payload, limit=limit))
 
 
+class _Batch:
+    __slots__ = ("done", "error", "frames")
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+
+class FrameWriter:
+    """Writes whole frames to one stream from many tasks, never interleaved, coalescing.
+
+    The first writer writes its frame at once; frames that other tasks hand in meanwhile are
+    collected and the same task writes them together in its next ``stream.write`` (one Yamux
+    frame, one Noise encryption, one send for many small frames), while their writers wait for
+    that write to finish.  A frame is either written whole or not at all (it is only ever part
+    of one ``stream.write``); the order is the order of the ``write`` calls.
+
+    Resource handling: each waiting writer holds its own frame only; nothing is buffered once
+    every ``write`` has returned.
+
+    Cancellation: a task cancelled while waiting for its batch returns without knowing whether
+    its frame went out (it will, whole, unless the stream breaks).  A write that fails or is
+    cancelled in the middle breaks the writer: every later ``write`` raises
+    ``trio.BrokenResourceError`` (the caller resets the stream).
+    """
+
+    __slots__ = ("_next", "_stream", "_writing", "broken")
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._next: _Batch | None = None
+        self._writing = False
+        self.broken: BaseException | None = None
+
+    def _broken_error(self) -> trio.BrokenResourceError:
+        err = trio.BrokenResourceError(f"stream write failed: {self.broken!r}")
+        err.__cause__ = self.broken if isinstance(self.broken, Exception) else None
+        return err
+
+    async def write(self, frame: bytes) -> None:
+        """Write ``frame`` (a whole encoded frame); returns once it is written.
+
+        Raises:
+            Whatever ``stream.write`` raised, for the task that called it; for the others whose
+            frames were in that write or are handed in later: ``trio.BrokenResourceError``.
+        """
+        if self.broken is not None:
+            raise self._broken_error()
+        if self._writing:
+            batch = self._next
+            if batch is None:
+                batch = self._next = _Batch()
+            batch.frames.append(frame)
+            await batch.done.wait()
+            if batch.error is not None:
+                raise self._broken_error()
+            return
+        self._writing = True
+        batch = None
+        try:
+            await self._stream.write(frame)
+            while (batch := self._next) is not None:
+                self._next = None
+                frames = batch.frames
+                await self._stream.write(frames[0] if len(frames) == 1 else b"".join(frames))
+                batch.done.set()
+        except BaseException as exc:
+            self.broken = exc
+            for failed in (batch, self._next):
+                if failed is not None:
+                    failed.error = exc
+                    failed.done.set()
+            self._next = None
+            raise
+        finally:
+            self._writing = False
+
+
 async def reset_quietly(stream: Any, *, timeout_s: float = 1.0) -> None:
     """Reset ``stream``, shielded and time-bounded; a stream that is already gone is fine.
 
@@ -362,16 +447,27 @@ class _Pending(Generic[R]):
 
 
 class _PeerStream(Generic[R]):
-    __slots__ = ("broken", "peer_id", "pending", "recv", "send", "stream")
+    __slots__ = ("broken", "peer_id", "pending", "recv", "scope", "send", "stream", "writer")
 
     def __init__(self, peer_id: str, stream: Any, max_in_flight: int) -> None:
         self.peer_id = peer_id
         self.stream = stream
         self.pending: dict[int, _Pending[R]] = {}
-        # Bound: one queued frame per in-flight call (each call queues its request once; cancel
-        # frames are best effort and dropped when the queue is full).
+        # Requests are written by their callers through ``writer``; only cancel frames (queued
+        # from a caller that is giving up) go through this queue to the writer task.  Bound: one
+        # per in-flight call; best effort, dropped when the queue is full.
         self.send, self.recv = trio.open_memory_channel[bytes](max_in_flight)
+        self.writer = FrameWriter(stream)
+        self.scope = trio.CancelScope()  # the stream's reader and writer tasks; cancel = break
         self.broken: PeerError | None = None
+
+    def break_on_write(self, name: str, exc: BaseException) -> PeerError:
+        if self.broken is None:
+            self.broken = PeerError(
+                f"{name} stream to {self.peer_id} broke on write: {type(exc).__name__}: {exc}"
+            )
+        self.scope.cancel()
+        return self.broken
 
     def fail(self, error: PeerError) -> None:
         if self.broken is None:
@@ -491,10 +587,17 @@ class CorrelatedClient(Generic[R]):
         ps.pending[request_id] = slot
         sent = False
         try:
-            try:
-                await ps.send.send(frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise ps.broken or PeerError(f"{self.name} stream to {peer_id} is closed") from None
+            if ps.broken is not None:
+                raise ps.broken
+            # Shielded: a caller cancelled here must not leave half a frame on the wire.  Bounded:
+            # a write stuck for WRITE_TIMEOUT_S (a dead peer) breaks the stream instead.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + WRITE_TIMEOUT_S) as scope:
+                try:
+                    await ps.writer.write(frame)
+                except Exception as exc:  # noqa: BLE001 - any write failure breaks this stream only
+                    raise ps.break_on_write(self.name, exc) from None
+            if scope.cancelled_caught:
+                raise ps.break_on_write(self.name, TimeoutError(f"write stuck for {WRITE_TIMEOUT_S} s"))
             sent = True
             with trio.move_on_at(deadline):
                 await slot.event.wait()
@@ -546,10 +649,11 @@ class CorrelatedClient(Generic[R]):
         self._peers[peer_id] = ps
         task_status.started(ps)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_loop, ps, nursery.cancel_scope)
-                await self._read_loop(ps)
-                nursery.cancel_scope.cancel()
+            with ps.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_loop, ps)
+                    await self._read_loop(ps)
+                    nursery.cancel_scope.cancel()
         finally:
             ps.fail(ps.broken or PeerError(f"{self.name} stream to {peer_id} closed"))
             if self._peers.get(peer_id) is ps:
@@ -578,14 +682,10 @@ class CorrelatedClient(Generic[R]):
         except Exception as exc:  # noqa: BLE001 - supervisor: any stream failure breaks this stream only
             ps.broken = PeerError(f"{self.name} stream to {ps.peer_id} broke: {type(exc).__name__}: {exc}")
 
-    async def _write_loop(self, ps: _PeerStream[R], scope: trio.CancelScope) -> None:
+    async def _write_loop(self, ps: _PeerStream[R]) -> None:
+        """Writes the queued cancel frames (requests are written by their callers)."""
         try:
             async for frame in ps.recv:
-                await ps.stream.write(frame)
+                await ps.writer.write(frame)
         except Exception as exc:  # noqa: BLE001 - supervisor: any stream failure breaks this stream only
-            if ps.broken is None:
-                ps.broken = PeerError(
-                    f"{self.name} stream to {ps.peer_id} broke on write: {type(exc).__name__}: {exc}"
-                )
-        finally:
-            scope.cancel()
+            ps.break_on_write(self.name, exc)

@@ -315,3 +315,55 @@ async def test_unreachable_peer_is_a_peer_error(nursery):
     await nursery.start(client.run)
     with pytest.raises(PeerError, match="cannot open"):
         await client.call("nobody", 1, _req(1, b""))
+
+
+class _SlowStream:
+    """Records each ``write``; every write yields, so other writers pile up meanwhile."""
+
+    def __init__(self, fail_on: int = -1) -> None:
+        self.writes: list[bytes] = []
+        self.fail_on = fail_on
+
+    async def write(self, data: bytes) -> None:
+        await trio.sleep(0.01)
+        if len(self.writes) == self.fail_on:
+            raise OSError("boom")
+        self.writes.append(data)
+
+
+async def test_frame_writer_coalesces_concurrent_frames_in_order_and_never_splits_one():
+    stream = _SlowStream()
+    writer = framing.FrameWriter(stream)
+    frames = [encode_frame(bytes([i]) * (i + 1), limit=LIMIT) for i in range(20)]
+    async with trio.open_nursery() as nursery:
+        for f in frames:
+            nursery.start_soon(writer.write, f)
+            await trio.sleep(0)  # start order = hand-in order
+    assert b"".join(stream.writes) == b"".join(frames)
+    assert len(stream.writes) < len(frames)  # coalesced
+    dec = FrameDecoder(limit=LIMIT)
+    for w in stream.writes:  # each write holds whole frames only
+        dec.feed(w)
+        while dec.next_frame() is not None:
+            pass
+        assert dec.buffered == 0
+
+
+async def test_frame_writer_failure_reaches_every_waiting_and_later_writer():
+    writer = framing.FrameWriter(_SlowStream(fail_on=0))
+    errors: list[BaseException] = []
+
+    async def one() -> None:
+        try:
+            await writer.write(encode_frame(b"x", limit=LIMIT))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertions
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(one)
+    assert len(errors) == 5
+    assert sum(isinstance(e, OSError) for e in errors) == 1  # the task whose write failed
+    assert sum(isinstance(e, trio.BrokenResourceError) for e in errors) == 4
+    with pytest.raises(trio.BrokenResourceError):
+        await writer.write(encode_frame(b"y", limit=LIMIT))
