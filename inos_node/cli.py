@@ -161,8 +161,11 @@ def cmd_units(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from inos_node.bench.local import run_local
 
-    report = run_local(quick=args.quick, with_ray=args.with_ray, progress=not args.json)
-    if args.json:
+    return _print_report(run_local(quick=args.quick, with_ray=args.with_ray, progress=not args.json), args.json)
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> int:
+    if as_json:
         print(json.dumps(report))
     else:
         for key, value in report.items():
@@ -173,13 +176,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_bench_mesh(args: argparse.Namespace) -> int:
     from inos_node.bench.mesh import run_mesh
 
-    report = run_mesh(quick=args.quick, gossip_30=args.gossip_30, progress=not args.json)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:36} {value}")
-    return 0
+    return _print_report(run_mesh(quick=args.quick, gossip_30=args.gossip_30, progress=not args.json), args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -56,6 +56,7 @@ import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
+from inos_node import receipts as _receipts
 from inos_node.errors import LocalProtocolError, PeerError, RemoteProtocolError
 from inos_node.net.framing import (
     Admit,
@@ -66,7 +67,6 @@ from inos_node.net.framing import (
     encode_frame,
     reset_quietly,
 )
-from inos_node import receipts as _receipts
 from inos_node.types import JobRequest, JobResult, Status
 from inos_node.wire.delegation import (
     DEFAULT_MAX_FRAME,

@@ -35,11 +35,10 @@ from typing import Any
 
 import multiaddr
 import trio
-from libp2p.abc import INotifee
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from inos_node.errors import ConfigError, InosError
-from inos_node.net.host import connect
+from inos_node.net.host import ConnectionEvents, connect
 
 __all__ = ["Bootstrapper", "DiscoveryConfig", "host_options"]
 
@@ -63,30 +62,6 @@ class DiscoveryConfig:
 def host_options(config: DiscoveryConfig) -> dict[str, Any]:
     """Keyword arguments for ``libp2p.new_host`` that discovery owns (mDNS: untested)."""
     return {"enable_mDNS": config.enable_mdns}
-
-
-class _DisconnectWatcher(INotifee):
-    def __init__(self, on_disconnected: Callable[[str], None]) -> None:
-        self._on_disconnected = on_disconnected
-
-    async def disconnected(self, network: Any, conn: Any) -> None:
-        self._on_disconnected(str(conn.muxed_conn.peer_id.to_base58()))
-        await trio.lowlevel.checkpoint()
-
-    async def connected(self, network: Any, conn: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def opened_stream(self, network: Any, stream: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def closed_stream(self, network: Any, stream: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def listen(self, network: Any, multiaddr: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def listen_close(self, network: Any, multiaddr: Any) -> None:
-        await trio.lowlevel.checkpoint()
 
 
 @dataclass(slots=True)
@@ -160,7 +135,7 @@ class Bootstrapper:
         ``task_status.started()`` comes once every address has had its first dial (successful
         or not), so the caller knows which bootstrap peers answered at start-up.
         """
-        watcher = _DisconnectWatcher(self._disconnected)
+        watcher = ConnectionEvents(on_disconnected=self._disconnected)
         network = self._host.get_network()
         network.register_notifee(watcher)
         try:

@@ -45,10 +45,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
-from libp2p.abc import INotifee
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
@@ -57,7 +57,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from inos_node.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from inos_node.identity import Identity
-from inos_node.net.host import peer_id_from_public_key, peer_id_of
+from inos_node.net.host import ConnectionEvents, peer_id_from_public_key, peer_id_of
 from inos_node.protocols.adverts import DEFAULT_MAX_TTL_MS, Advert, AdvertTable, next_sequence
 from inos_node.wire.adverts import decode_advert, decode_signed_advert, open_signed_advert, sign_advert
 
@@ -187,35 +187,6 @@ def _guarded_stream_handler(handler: Callable[[Any], Any]) -> Callable[[Any], An
     return guarded
 
 
-class _ConnectionWatcher(INotifee):
-    """Forwards 'peer connected' to a bounded channel; drops when full (a missed hook only
-    delays a republish until the next period)."""
-
-    def __init__(self, send: trio.MemorySendChannel[str]) -> None:
-        self._send = send
-
-    async def connected(self, network: Any, conn: Any) -> None:
-        try:
-            self._send.send_nowait(str(conn.muxed_conn.peer_id.to_base58()))
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
-    async def disconnected(self, network: Any, conn: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def opened_stream(self, network: Any, stream: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def closed_stream(self, network: Any, stream: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def listen(self, network: Any, multiaddr: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-    async def listen_close(self, network: Any, multiaddr: Any) -> None:
-        await trio.lowlevel.checkpoint()
-
-
 class Gossip:
     """GossipSub v1.1 on ``host``, configured and guarded per the module docstring.
 
@@ -299,7 +270,7 @@ class Gossip:
             if topic.validate is not None:
                 pubsub.set_topic_validator(topic.name, self._guarded_validator(topic), False)
         joined_send, joined_receive = trio.open_memory_channel[str](self.config.max_join_watchers)
-        watcher = _ConnectionWatcher(joined_send)
+        watcher = ConnectionEvents(on_connected=partial(_forward_nowait, joined_send))
         # Strict nesting (notes §1.10): host, then pubsub, then router, then our nursery.
         async with background_trio_service(pubsub), background_trio_service(router):
             await pubsub.wait_until_ready()
@@ -662,3 +633,12 @@ def adverts_topic(book: AdvertBook, publisher: AdvertPublisher | None = None) ->
             changed()
 
     return Topic(ADVERTS_TOPIC, on_message=book.on_message, validate=book.validate, on_peer_joined=hook)
+
+
+def _forward_nowait(send: trio.MemorySendChannel[str], peer_id: str) -> None:
+    """'Peer connected' into a bounded channel; dropped when full (a missed hook only delays a
+    republish until the next period)."""
+    try:
+        send.send_nowait(peer_id)
+    except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass

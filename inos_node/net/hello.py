@@ -41,14 +41,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from libp2p.abc import INotifee
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from inos_node.errors import PeerError, RemoteProtocolError
 from inos_node.identity import Identity, verify
 from inos_node.net.framing import FrameReader, reset_quietly, write_frame
-from inos_node.net.host import peer_id_from_public_key
+from inos_node.net.host import ConnectionEvents, peer_id_from_public_key
 from inos_node.wire.hello import (
     MAX_HELLO_BYTES,
     NETWORK_ID_BYTES,
@@ -76,31 +75,6 @@ class _PeerState:
         self.done = trio.Event()  # set once verified or rejected
         self.verified = False
         self.reason = ""
-
-
-class _Notifee(INotifee):
-    """Queues connect/disconnect facts for the gate; never blocks py-libp2p's connection path."""
-
-    def __init__(self, gate: HelloGate) -> None:
-        self._gate = gate
-
-    async def connected(self, network: Any, conn: Any) -> None:
-        self._gate._queue_peer(str(conn.muxed_conn.peer_id.to_base58()))
-
-    async def disconnected(self, network: Any, conn: Any) -> None:
-        self._gate._forget(str(conn.muxed_conn.peer_id.to_base58()))
-
-    async def opened_stream(self, network: Any, stream: Any) -> None:
-        return None
-
-    async def closed_stream(self, network: Any, stream: Any) -> None:
-        return None
-
-    async def listen(self, network: Any, multiaddr: Any) -> None:
-        return None
-
-    async def listen_close(self, network: Any, multiaddr: Any) -> None:
-        return None
 
 
 class HelloGate:
@@ -144,7 +118,7 @@ class HelloGate:
         # Bound: one queued id per connection not yet picked up by the gate loop.
         self._send, self._recv = trio.open_memory_channel[str](max_pending)
         self._max_pending = max_pending
-        self._notifee = _Notifee(self)
+        self._notifee = ConnectionEvents(on_connected=self._queue_peer, on_disconnected=self._forget)
 
     # ----------------------------------------------------------------------------------- query
 

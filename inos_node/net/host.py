@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import multiaddr
 from libp2p import new_host
+from libp2p.abc import INotifee
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as x25519_key_pair
 from libp2p.custom_types import TProtocol
@@ -34,7 +35,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from inos_node.errors import ConfigError, PeerError, RemoteProtocolError
 from inos_node.identity import Identity
 
-__all__ = ["HostConfig", "connect", "open_host", "peer_id_from_public_key", "peer_id_of", "quiet_libp2p_logs"]
+__all__ = ["ConnectionEvents", "HostConfig", "connect", "open_host", "peer_id_from_public_key", "peer_id_of", "quiet_libp2p_logs"]
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +124,36 @@ def peer_id_from_public_key(public_key: bytes) -> str:
 
 async def disconnect(host: Any, peer_id: str) -> None:
     await host.disconnect(ID.from_base58(peer_id))
+
+
+class ConnectionEvents(INotifee):  # type: ignore[misc]
+    """py-libp2p's network notifee reduced to the two facts we use: a peer (dis)connected.
+
+    The callbacks are synchronous and must not block: py-libp2p runs the notifee inline on its
+    connection path.  Register with ``host.get_network().register_notifee(...)``.
+    """
+
+    def __init__(self, on_connected: Callable[[str], None] | None = None,
+                 on_disconnected: Callable[[str], None] | None = None) -> None:
+        self._on_connected = on_connected
+        self._on_disconnected = on_disconnected
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        if self._on_connected is not None:
+            self._on_connected(str(conn.muxed_conn.peer_id.to_base58()))
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        if self._on_disconnected is not None:
+            self._on_disconnected(str(conn.muxed_conn.peer_id.to_base58()))
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        return None
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        return None
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        return None
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        return None

@@ -31,6 +31,7 @@ from inos_node.errors import LocalProtocolError, RemoteProtocolError
 from inos_node.identity import Identity, verify
 from inos_node.protocols.adverts import Advert, MethodPrice
 from inos_node.wire import schemas
+from inos_node.wire.codec import _short
 
 __all__ = [
     "ADVERT_SIGNING_CONTEXT",
@@ -63,14 +64,6 @@ class SignedAdvert:
     advert: bytes
     signature: bytes
     public_key: bytes
-
-
-def _short(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).strip().splitlines() if ln and not ln.startswith("stack:")]
-    line = lines[0] if lines else type(exc).__name__
-    if ": failed: " in line:
-        line = line.split(": failed: ", 1)[1]
-    return line[:300]
 
 
 def _check_size(data: bytes | memoryview, limit: int, what: str) -> None:

@@ -65,7 +65,9 @@ def _get_payload(reader: Any) -> Any:
 def _check_size(data: bytes | memoryview, limit: int, what: str) -> None:
     n = len(data)
     if n > limit:
-        raise RemoteProtocolError(f"{what} of {n} bytes is over the {limit}-byte limit", limit=limit, observed=n)
+        raise RemoteProtocolError(
+            f"{what} of {n} bytes is over the {limit}-byte limit", limit=limit, observed=n
+        )
     if n % _WORD:
         raise RemoteProtocolError(f"{what} of {n} bytes is not a whole number of 8-byte words", observed=n)
 
@@ -160,20 +162,39 @@ def read_job_result(r: Any) -> JobResult:
     )
 
 
-def _finish(m: Any, what: str, max_bytes: int) -> bytes:
+def finish(m: Any, what: str, max_bytes: int) -> bytes:
+    """``m.to_bytes()``, refused with ``LocalProtocolError`` when over ``max_bytes`` (every codec)."""
     out: bytes = m.to_bytes()
     if len(out) > max_bytes:
         raise LocalProtocolError(
-            f"{what} of {len(out)} bytes is over the {max_bytes}-byte limit", limit=max_bytes, observed=len(out)
+            f"{what} of {len(out)} bytes is over the {max_bytes}-byte limit",
+            limit=max_bytes,
+            observed=len(out),
         )
     return out
 
 
-def _decode(struct: str, data: bytes | memoryview, max_bytes: int, what: str, read: Any) -> Any:
+def decode_struct(
+    struct_type: Any,
+    data: bytes | memoryview,
+    max_bytes: int,
+    what: str,
+    read: Any,
+    *,
+    nesting_limit: int = 16,
+    traversal_extra: int = 1024,
+) -> Any:
+    """Decode untrusted ``data`` as ``struct_type`` and ``read`` it into a dataclass (every codec).
+
+    The size is checked before capnp sees the bytes, the traversal limit is proportional to the
+    size, and any capnp failure becomes a ``RemoteProtocolError`` that says what was malformed.
+    """
     _check_size(data, max_bytes, what)
     try:
-        with getattr(_capsule(), struct).from_bytes(
-            data, traversal_limit_in_words=len(data) // _WORD * 4 + 1024, nesting_limit=16
+        with struct_type.from_bytes(
+            data,
+            traversal_limit_in_words=len(data) // _WORD * 4 + traversal_extra,
+            nesting_limit=nesting_limit,
         ) as r:
             return read(r)
     except RemoteProtocolError:
@@ -185,21 +206,21 @@ def _decode(struct: str, data: bytes | memoryview, max_bytes: int, what: str, re
 def encode_job_request(req: JobRequest, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
     m = _capsule().JobRequest.new_message()
     fill_job_request(m, req)
-    return _finish(m, "job request", max_bytes)
+    return finish(m, "job request", max_bytes)
 
 
 def decode_job_request(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> JobRequest:
-    return _decode("JobRequest", data, max_bytes, "job request", read_job_request)  # type: ignore[no-any-return]
+    return decode_struct(_capsule().JobRequest, data, max_bytes, "job request", read_job_request)  # type: ignore[no-any-return]
 
 
 def encode_job_result(res: JobResult, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
     m = _capsule().JobResult.new_message()
     fill_job_result(m, res)
-    return _finish(m, "job result", max_bytes)
+    return finish(m, "job result", max_bytes)
 
 
 def decode_job_result(data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> JobResult:
-    return _decode("JobResult", data, max_bytes, "job result", read_job_result)  # type: ignore[no-any-return]
+    return decode_struct(_capsule().JobResult, data, max_bytes, "job result", read_job_result)  # type: ignore[no-any-return]
 
 
 def _short(exc: BaseException) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 from inos_node.errors import LocalProtocolError, RemoteProtocolError
 from inos_node.types import JobRequest, JobResult, Metrics
 from inos_node.wire import schemas
-from inos_node.wire.codec import _check_size, _short
+from inos_node.wire.codec import _check_size, decode_struct, finish
 from inos_node.wire.codec import fill_job_request as _fill_job_request
 from inos_node.wire.codec import fill_job_result as _fill_job_result
 from inos_node.wire.codec import fill_metrics as _fill_metrics
@@ -160,38 +160,10 @@ BlobResponse = BlobChunk | BlobNotFound | BlobFailed
 # ------------------------------------------------------------------------------------- helpers
 
 
-def _finish(m: Any, what: str, max_bytes: int) -> bytes:
-    out: bytes = m.to_bytes()
-    if len(out) > max_bytes:
-        raise LocalProtocolError(
-            f"{what} of {len(out)} bytes is over the {max_bytes}-byte limit",
-            limit=max_bytes,
-            observed=len(out),
-        )
-    return out
-
-
-def _traversal(data: bytes | memoryview) -> int:
-    return len(data) // _WORD * 4 + 1024
-
-
 def _u64(value: int, what: str) -> int:
     if not 0 <= value < 2**64:
         raise LocalProtocolError(f"{what} {value} does not fit an unsigned 64-bit field")
     return value
-
-
-def _decode(struct_name: str, data: bytes | memoryview, max_bytes: int, what: str, read: Any) -> Any:
-    _check_size(data, max_bytes, what)
-    try:
-        with getattr(_schema(), struct_name).from_bytes(
-            data, traversal_limit_in_words=_traversal(data), nesting_limit=16
-        ) as r:
-            return read(r)
-    except RemoteProtocolError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - capnp raises KjException/ValueError/UnicodeError: all mean "malformed"
-        raise RemoteProtocolError(f"malformed {what}: {_short(exc)}") from exc
 
 
 # ---------------------------------------------------------------------------- delegate request
@@ -213,7 +185,7 @@ def encode_delegate_request(req: DelegateRequest, *, max_bytes: int = DEFAULT_MA
         m.inputDigest = req.input_digest
     else:
         m.cancel = None
-    return _finish(m, "delegate request", max_bytes)
+    return finish(m, "delegate request", max_bytes)
 
 
 def _read_delegate_request(r: Any) -> DelegateRequest:
@@ -238,8 +210,8 @@ def _read_delegate_request(r: Any) -> DelegateRequest:
 def decode_delegate_request(
     data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME
 ) -> DelegateRequest:
-    result: DelegateRequest = _decode(
-        "DelegateRequest", data, max_bytes, "delegate request", _read_delegate_request
+    result: DelegateRequest = decode_struct(
+        _schema().DelegateRequest, data, max_bytes, "delegate request", _read_delegate_request
     )
     return result
 
@@ -256,7 +228,7 @@ def encode_delegate_response(resp: DelegateResponse, *, max_bytes: int = DEFAULT
         rc.body = resp.receipt.body
         rc.signature = resp.receipt.signature
         rc.publicKey = resp.receipt.public_key
-    return _finish(m, "delegate response", max_bytes)
+    return finish(m, "delegate response", max_bytes)
 
 
 def _read_delegate_response(r: Any) -> DelegateResponse:
@@ -270,8 +242,8 @@ def _read_delegate_response(r: Any) -> DelegateResponse:
 def decode_delegate_response(
     data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME
 ) -> DelegateResponse:
-    result: DelegateResponse = _decode(
-        "DelegateResponse", data, max_bytes, "delegate response", _read_delegate_response
+    result: DelegateResponse = decode_struct(
+        _schema().DelegateResponse, data, max_bytes, "delegate response", _read_delegate_response
     )
     return result
 
@@ -291,7 +263,7 @@ def encode_receipt_body(body: ReceiptBody, *, max_bytes: int = 64 * 1024) -> byt
     m.cost = _u64(body.cost, "cost")
     _fill_metrics(m.init("metrics"), body.metrics)
     m.finishedUnixMs = _u64(body.finished_unix_ms, "finishedUnixMs")
-    return _finish(m, "receipt body", max_bytes)
+    return finish(m, "receipt body", max_bytes)
 
 
 def _read_receipt_body(r: Any) -> ReceiptBody:
@@ -309,7 +281,9 @@ def _read_receipt_body(r: Any) -> ReceiptBody:
 
 
 def decode_receipt_body(data: bytes | memoryview, *, max_bytes: int = 64 * 1024) -> ReceiptBody:
-    result: ReceiptBody = _decode("ReceiptBody", data, max_bytes, "receipt body", _read_receipt_body)
+    result: ReceiptBody = decode_struct(
+        _schema().ReceiptBody, data, max_bytes, "receipt body", _read_receipt_body
+    )
     return result
 
 
@@ -324,7 +298,7 @@ def encode_blob_request(req: BlobRequest, *, max_bytes: int = 4096) -> bytes:
     m.digest = req.digest
     m.offset = _u64(req.offset, "offset")
     m.length = req.length
-    return _finish(m, "blob request", max_bytes)
+    return finish(m, "blob request", max_bytes)
 
 
 def _read_blob_request(r: Any) -> BlobRequest:
@@ -332,7 +306,9 @@ def _read_blob_request(r: Any) -> BlobRequest:
 
 
 def decode_blob_request(data: bytes | memoryview, *, max_bytes: int = 4096) -> BlobRequest:
-    result: BlobRequest = _decode("BlobRequest", data, max_bytes, "blob request", _read_blob_request)
+    result: BlobRequest = decode_struct(
+        _schema().BlobRequest, data, max_bytes, "blob request", _read_blob_request
+    )
     return result
 
 
@@ -352,7 +328,7 @@ def encode_blob_response(resp: BlobResponse, *, max_bytes: int = MAX_BLOB_CHUNK 
         m.notFound = None
     else:
         m.error = resp.error
-    return _finish(m, "blob response", max_bytes)
+    return finish(m, "blob response", max_bytes)
 
 
 @functools.cache
@@ -464,5 +440,7 @@ def decode_blob_response(data: bytes | memoryview, *, max_bytes: int = MAX_BLOB_
     fast = _fast_chunk(data)
     if fast is not None:
         return fast
-    result: BlobResponse = _decode("BlobResponse", data, max_bytes, "blob response", _read_blob_response)
+    result: BlobResponse = decode_struct(
+        _schema().BlobResponse, data, max_bytes, "blob response", _read_blob_response
+    )
     return result

@@ -15,7 +15,7 @@ from typing import Any
 
 from inos_node.errors import LocalProtocolError, RemoteProtocolError
 from inos_node.wire import schemas
-from inos_node.wire.codec import _check_size, _short
+from inos_node.wire.codec import decode_struct, finish
 
 __all__ = [
     "MAX_HELLO_BYTES",
@@ -55,28 +55,7 @@ class SignedHello:
     public_key: bytes
 
 
-def _finish(m: Any, what: str, max_bytes: int) -> bytes:
-    out: bytes = m.to_bytes()
-    if len(out) > max_bytes:
-        raise LocalProtocolError(
-            f"{what} of {len(out)} bytes is over the {max_bytes}-byte limit",
-            limit=max_bytes,
-            observed=len(out),
-        )
-    return out
-
-
-def _decode(struct_name: str, data: bytes | memoryview, max_bytes: int, what: str, read: Any) -> Any:
-    _check_size(data, max_bytes, what)
-    try:
-        with getattr(_schema(), struct_name).from_bytes(
-            data, traversal_limit_in_words=len(data) // _WORD * 4 + 256, nesting_limit=8
-        ) as r:
-            return read(r)
-    except RemoteProtocolError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - capnp raises KjException/ValueError/UnicodeError: all mean "malformed"
-        raise RemoteProtocolError(f"malformed {what}: {_short(exc)}") from exc
+_LIMITS = {"nesting_limit": 8, "traversal_extra": 256}  # hellos are tiny: tighter than the default
 
 
 def encode_hello(hello: Hello, *, max_bytes: int = MAX_HELLO_BYTES) -> bytes:
@@ -95,7 +74,7 @@ def encode_hello(hello: Hello, *, max_bytes: int = MAX_HELLO_BYTES) -> bytes:
     m.protocolVersion = hello.protocol_version
     m.name = hello.name
     m.nonce = hello.nonce
-    return _finish(m, "hello", max_bytes)
+    return finish(m, "hello", max_bytes)
 
 
 def _read_hello(r: Any) -> Hello:
@@ -122,7 +101,7 @@ def _read_hello(r: Any) -> Hello:
 
 
 def decode_hello(data: bytes | memoryview, *, max_bytes: int = MAX_HELLO_BYTES) -> Hello:
-    result: Hello = _decode("Hello", data, max_bytes, "hello", _read_hello)
+    result: Hello = decode_struct(_schema().Hello, data, max_bytes, "hello", _read_hello, **_LIMITS)
     return result
 
 
@@ -131,7 +110,7 @@ def encode_signed_hello(signed: SignedHello, *, max_bytes: int = MAX_HELLO_BYTES
     m.hello = signed.hello
     m.signature = signed.signature
     m.publicKey = signed.public_key
-    return _finish(m, "signed hello", max_bytes)
+    return finish(m, "signed hello", max_bytes)
 
 
 def _read_signed_hello(r: Any) -> SignedHello:
@@ -139,5 +118,7 @@ def _read_signed_hello(r: Any) -> SignedHello:
 
 
 def decode_signed_hello(data: bytes | memoryview, *, max_bytes: int = MAX_HELLO_BYTES) -> SignedHello:
-    result: SignedHello = _decode("SignedHello", data, max_bytes, "signed hello", _read_signed_hello)
+    result: SignedHello = decode_struct(
+        _schema().SignedHello, data, max_bytes, "signed hello", _read_signed_hello, **_LIMITS
+    )
     return result

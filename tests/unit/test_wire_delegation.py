@@ -213,7 +213,7 @@ def test_blob_fast_path_accepts_only_what_capnp_reads_the_same_way(resp, flips):
     fast = wd._fast_chunk(bytes(raw))
     if fast is None:
         return
-    slow = wd._decode("BlobResponse", bytes(raw), 10**6, "blob response", wd._read_blob_response)
+    slow = wd.decode_struct(wd._schema().BlobResponse, bytes(raw), 10**6, "blob response", wd._read_blob_response)
     assert slow == fast
 
 
