@@ -63,6 +63,8 @@ class DaemonConfig:
     hedge_after: float = 0.5  # fraction of a job's time after which a silent peer gets a backup
     test_corrupt_outputs: bool = False  # a test-only switch: this worker lies about outputs
     test_hang: bool = False  # a test-only switch: this worker accepts capsules and never answers
+    genesis: Path | None = None  # a genesis file (economy); None: the free dev network, no ledger
+    log_format: str = "text"  # text | json
 
     def __post_init__(self) -> None:
         host, _, port = self.api.rpartition(":")
