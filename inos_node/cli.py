@@ -179,6 +179,12 @@ def cmd_bench_mesh(args: argparse.Namespace) -> int:
     return _print_report(run_mesh(quick=args.quick, gossip_30=args.gossip_30, progress=not args.json), args.json)
 
 
+def cmd_bench_ledger(args: argparse.Namespace) -> int:
+    from inos_node.bench.ledger import run_ledger
+
+    return _print_report(run_ledger(quick=args.quick, progress=not args.json), args.json)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import trio
 
@@ -274,6 +280,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             "receipt": record.receipt,
             "replicas": list(record.replicas),
             "metrics": dict(record.metrics),
+            "settlement": record.settlement,
         }
         if record.error:
             doc["error"] = record.error
@@ -462,6 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, noisier)")
     b.add_argument("--gossip-30", action="store_true", help="also measure gossip across 30 node processes")
     b.set_defaults(fn=cmd_bench_mesh)
+    b = bsub.add_parser("ledger", help="ledger apply rate, durable appends and settlement CPU beside raw "
+                                       "ed25519 and sqlite baselines")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, noisier)")
+    b.set_defaults(fn=cmd_bench_ledger)
 
     p = sub.add_parser("demo", help="a local node: the boids showcase and a few capsules, with live epochs")
     p.add_argument("--boids", type=int, default=10_000, help="flock size (default 10000)")
@@ -469,9 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_demo)
 
     _add_client_commands(sub)
-    from inos_node import cli_node
+    from inos_node import cli_economy, cli_ledger, cli_node, cli_testnet
 
     cli_node.register(sub)
+    cli_economy.register(sub)
+    cli_ledger.register(sub)
+    cli_testnet.register(sub)
     return parser
 
 

@@ -1,4 +1,7 @@
-"""``inos node run`` and ``inos id``: the daemon's commands (registered by ``cli.py``)."""
+"""``inos node run``, ``inos config show`` and ``inos id``: the daemon's commands (registered by ``cli.py``).
+
+Settings come from ``inos_node.config`` (flags > env > file > defaults); logging from ``inos_node.logs``.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,12 @@ import argparse
 import json
 import logging
 import os
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any
 
-from inos_node.errors import ConfigError, InosError
+from inos_node import config
+from inos_node.errors import InosError
 
 __all__ = ["default_data_dir", "register"]
 
@@ -19,66 +23,80 @@ examples:
   inos node run --data-dir ~/.inos/a --listen /ip4/127.0.0.1/tcp/4001 --api 127.0.0.1:5050
   inos node run --data-dir ~/.inos/b --listen /ip4/127.0.0.1/tcp/4002 --api 127.0.0.1:5051 \\
                 --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/<peer id of a>
+  INOS_LOG_FORMAT=json inos node run --config /etc/inos/node.toml --genesis genesis.json
 
 The data dir holds the node's Ed25519 identity (identity.key, 0600), its API token (api.token,
 0600) and a lock: one node per data dir. When the node is ready it prints one JSON line
-{"event": "ready", "peer_id", "addresses", "api", ...} on stdout. SIGINT or SIGTERM stops it
-cleanly (arena unlinked, worker processes stopped).
-"""
+{"event": "ready", "peer_id", "addresses", "api", ...} on stdout; logs go to stderr. SIGINT or
+SIGTERM stops it cleanly (arena unlinked, worker processes stopped).
 
-_KEYS = {"listen", "announce", "bootstrap", "api", "name", "prefer", "workers", "mdns", "arena_mb"}
+""" + config.PRECEDENCE_HELP
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
 
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("INOS_DATA_DIR") or Path.home() / ".inos")
 
 
-def _load_config(path: str | None, data_dir: Path) -> dict[str, Any]:
-    candidate = Path(path) if path else data_dir / "config.toml"
-    if not candidate.exists():
-        if path:
-            raise ConfigError(f"--config {path}: no such file", key="config")
-        return {}
-    try:
-        doc = tomllib.loads(candidate.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{candidate}: {exc}", key="config") from exc
-    unknown = sorted(set(doc) - _KEYS)
-    if unknown:
-        raise ConfigError(f"{candidate}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KEYS))}",
-                          key=unknown[0])
-    return doc
-
-
 def cmd_node_run(args: argparse.Namespace) -> int:
     import trio
 
-    from inos_node.daemon import DaemonConfig, run_node
+    from inos_node import logs
+    from inos_node.daemon import run_node
+    from inos_node.identity import DataDir
     from inos_node.net.host import quiet_libp2p_logs
 
-    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    conf = _load_config(args.config, data_dir)
-
-    def pick(flag: Any, key: str, default: Any) -> Any:
-        return flag if flag not in (None, []) else conf.get(key, default)
-
-    cfg = DaemonConfig(
-        data_dir=data_dir,
-        listen=tuple(pick(args.listen, "listen", ["/ip4/0.0.0.0/tcp/4001"])),
-        announce=tuple(pick(args.announce, "announce", [])),
-        bootstrap=tuple(pick(args.bootstrap, "bootstrap", [])),
-        api=pick(args.api, "api", os.environ.get("INOS_API", "127.0.0.1:5050")),
-        name=pick(args.name, "name", data_dir.name),
-        prefer=pick(args.prefer, "prefer", "fastest"),
-        process_workers=int(pick(args.workers, "workers", 1)),
-        mdns=bool(pick(args.mdns or None, "mdns", False)),
-        arena_size=int(pick(args.arena_mb, "arena_mb", 64)) * 1024 * 1024,
+    resolved = config.resolve(config.flag_values(args))
+    cfg = resolved.daemon_config(
         test_corrupt_outputs=bool(os.environ.get("INOS_TEST_CORRUPT_OUTPUTS")),
         test_hang=bool(os.environ.get("INOS_TEST_HANG")),
     )
+    logs.setup_logging(resolved.values["log_format"], resolved.values["log_level"])
+    data = DataDir(cfg.data_dir)
+    if resolved.values["api_token"] is not None:
+        _install_token(data.ensure().path, resolved.values["api_token"])
+    logs.redact(data.token())  # the node reads (or creates) the same file in a moment
     if not args.verbose_libp2p:
         quiet_libp2p_logs()
     return trio.run(run_node, cfg)
+
+
+def _install_token(data_dir: Path, token: str) -> None:
+    """Make a configured api_token the node's: DATA_DIR/api.token, mode 0600, replaced atomically."""
+    path = data_dir / "api.token"
+    try:
+        if path.read_text().strip() == token:
+            return
+    except FileNotFoundError:
+        pass
+    tmp = data_dir / ".api.token.tmp"
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    os.replace(tmp, path)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    resolved = config.resolve(config.flag_values(args))
+    shown = resolved.shown()
+    token_file = resolved.data_dir / "api.token"
+    if shown["api_token"] is None and token_file.exists():
+        shown["api_token"] = config.REDACTED
+        resolved.sources["api_token"] = f"file {token_file}"
+    if args.json:
+        _out(json.dumps({"config_file": str(resolved.config_file) if resolved.config_file else None,
+                         "values": shown, "sources": resolved.sources}))
+        return 0
+    _out(f"config file: {resolved.config_file or '(none)'}")
+    for s in config.SETTINGS:
+        value = shown[s.key]
+        text = (",".join(value) or "-") if isinstance(value, list) else "-" if value is None else str(value)
+        _out(f"{s.key:<18} {text:<44} {resolved.sources[s.key]}")
+    return 0
 
 
 def cmd_id(args: argparse.Namespace) -> int:
@@ -90,16 +108,15 @@ def cmd_id(args: argparse.Namespace) -> int:
     peer_id = peer_id_of(identity)
     addresses = _running_addresses(data_dir, args.api)
     if addresses is None:
-        conf = _load_config(None, data_dir)
-        addresses = [f"{a}/p2p/{peer_id}" for a in conf.get("announce") or conf.get("listen") or
-                     ["/ip4/127.0.0.1/tcp/4001"]]
+        values = config.resolve({"data_dir": str(data_dir)}).values
+        addresses = [f"{a}/p2p/{peer_id}" for a in values["announce"] or values["listen"]]
     doc = {"peer_id": peer_id, "did": identity.did, "addresses": addresses}
     if args.json:
-        print(json.dumps(doc))
+        _out(json.dumps(doc))
     else:
-        print(f"peer id   {peer_id}\ndid       {identity.did}")
+        _out(f"peer id   {peer_id}\ndid       {identity.did}")
         for a in addresses:
-            print(f"address   {a}")
+            _out(f"address   {a}")
     return 0
 
 
@@ -122,22 +139,21 @@ def register(sub: Any) -> None:
     p = nsub.add_parser("run", help="run the node: arena, units, libp2p mesh, control API",
                         description="Run a node until SIGINT/SIGTERM.", epilog=_RUN_EPILOG,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", help="identity, token and lock live here (default $INOS_DATA_DIR or ~/.inos)")
-    p.add_argument("--listen", action="append", metavar="MULTIADDR",
-                   help="libp2p listen address, repeatable (default /ip4/0.0.0.0/tcp/4001)")
-    p.add_argument("--announce", action="append", metavar="MULTIADDR", help="address to tell peers, repeatable")
-    p.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
-                   help="a peer to join through: /ip4/.../tcp/.../p2p/<peer id>, repeatable")
-    p.add_argument("--api", metavar="HOST:PORT", help="control API address (default 127.0.0.1:5050; $INOS_API)")
-    p.add_argument("--config", metavar="FILE", help="a TOML file with the same keys (default DATA_DIR/config.toml)")
-    p.add_argument("--name", help="a human name for this node (default: the data dir's name)")
-    p.add_argument("--prefer", choices=["local", "remote", "fastest", "cheapest"],
-                   help="default placement policy for submitted capsules (default fastest)")
-    p.add_argument("--workers", type=int, help="worker processes for CPU-bound capsules (default 1)")
-    p.add_argument("--arena-mb", type=int, help="shared arena size in MiB (default 64)")
-    p.add_argument("--mdns", action="store_true", help="also discover peers with mDNS (off by default)")
+    config.add_flags(p)
     p.add_argument("--verbose-libp2p", action="store_true", help="let py-libp2p's own logs through")
     p.set_defaults(fn=cmd_node_run)
+
+    p = sub.add_parser("config", help="the effective node configuration (see `inos config show --help`)")
+    csub = p.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    p = csub.add_parser("show", help="print the effective settings and where each came from",
+                        description="Print the settings `inos node run` would use with the same flags, "
+                                    "environment and config file, and the source of each (flag, env, "
+                                    "file or default).  Secrets (the API token) are redacted.",
+                        epilog=config.PRECEDENCE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config.add_flags(p)
+    p.add_argument("--json", action="store_true",
+                   help='print {"config_file", "values": {key: value}, "sources": {key: source}}')
+    p.set_defaults(fn=cmd_config_show)
 
     p = sub.add_parser("id", help="this node's peer id, DID and addresses (creates the identity if absent)")
     p.add_argument("--data-dir", help="default $INOS_DATA_DIR or ~/.inos")

@@ -289,6 +289,24 @@ class Client:
     def openapi(self) -> dict[str, Any]:
         return dict(self._json("/v1/openapi.json"))
 
+    # ------------------------------------------------------------------ ledger
+    def balance(self, did: str | None = None) -> dict[str, Any]:
+        return dict(self._json("/v1/ledger/balance" + (f"/{quote(did, safe=':')}" if did else "")))
+
+    def supply(self) -> dict[str, Any]:
+        return dict(self._json("/v1/ledger/supply"))
+
+    def verify_ledger(self) -> dict[str, Any]:
+        return dict(self._json("/v1/ledger/verify", timeout=600.0))
+
+    def history(self, did: str | None = None) -> dict[str, Any]:
+        return dict(self._json("/v1/ledger/history" + (f"/{quote(did, safe=':')}" if did else "")))
+
+    def ledger_post(self, action: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/ledger/{transfer|stake|unstake}``."""
+        body = json.dumps(doc).encode()
+        return dict(self._call("POST", f"/v1/ledger/{action}", body, {"Content-Type": "application/json"}).json())
+
     @contextlib.contextmanager
     def events(self, *, timeout: float | None = None) -> Iterator[Iterator[dict[str, Any]]]:
         """``GET /v1/events``: iterate job events (dicts) while the context is open.

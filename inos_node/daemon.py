@@ -14,6 +14,7 @@ is accepted, failed executors are retried on the next candidate within the job's
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -31,6 +32,7 @@ from inos_node.api.service import JobRecord, SubmitRequest
 from inos_node.errors import ConfigError, InosError, InvalidParams, PeerError, RemoteProtocolError
 from inos_node.identity import DataDir, Identity
 from inos_node.jobs import JobBook
+from inos_node.logs import job_context
 from inos_node.node import LocalNode, NodeConfig
 from inos_node.protocols import decider
 from inos_node.receipts import receipt_json
@@ -109,6 +111,8 @@ class NodeDaemon:
         self._job_limiter = trio.CapacityLimiter(config.max_jobs)
         self._peer_state: dict[str, _PeerState] = {}
         self.net: Any = None  # the mesh pieces (set in run)
+        self.economy: Any = None  # the LedgerNode on a network with a genesis (set in run)
+        self.network_id = config.network_id  # the genesis's hash when there is one
 
     # ------------------------------------------------------------------ lifetime
     async def run(self, *, task_status: trio.TaskStatus[dict[str, Any]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -122,13 +126,26 @@ class NodeDaemon:
         try:
             self.identity = self.data.identity()
             token = self.data.token()
+            genesis = None
+            if cfg.genesis is not None:
+                from inos_node.economy.genesis import Genesis
+
+                genesis = Genesis.load(cfg.genesis)
+                self.network_id = genesis.network_id  # nodes of another genesis are not our peers
             node_cfg = NodeConfig(name=f"inos-{cfg.name or 'node'}", process_workers=cfg.process_workers,
                                   arena_size=cfg.arena_size)
-            async with LocalNode(node_cfg).open() as local:
+            async with LocalNode(node_cfg).open() as local, contextlib.AsyncExitStack() as stack:
                 self.local = local
+                if genesis is not None:
+                    from inos_node.economy.node import LedgerNode
+
+                    self.economy = LedgerNode(genesis, self.identity, self.data.path)
+                    await stack.enter_async_context(self.economy.open())
                 async with Mesh(self).open() as mesh:
                     self.net = mesh
                     self.peer_id = mesh.peer_id
+                    if self.economy is not None:
+                        await self.economy.resolve_pending()  # escrows a crash left open
                     async with trio.open_nursery() as nursery:
                         self._jobs_nursery = nursery
                         self.api_urls = await nursery.start(serve_api, make_app(self, token), cfg.api_host,
@@ -192,13 +209,51 @@ class NodeDaemon:
             "version": __version__,
             "uptime_s": round(time.time() - self.started_at, 3),
             "arena": self.local.arena.name if self.local else "",
+            "network_id": self.network_id.hex(),
+            "ledger": self.economy is not None,
         }
 
     def health(self) -> dict[str, Any]:
         return {"ready": self.ready, "peers": len(self.peers()), "peer_id": self.peer_id}
 
+    def ledger(self) -> Any:
+        """The node's ``LedgerNode`` (None on the free dev network)."""
+        return self.economy
+
+    def vitals(self) -> dict[str, Any]:
+        arena, jobs = self.local.arena.statistics(), self._job_limiter.statistics()
+        return {
+            "name": self.config.name, "peer_id": self.peer_id, "load": round(self._local_load(), 4),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "jobs": {"running": jobs.borrowed_tokens, "waiting": jobs.tasks_waiting,
+                     "limit": jobs.total_tokens, "completed": self.local.engine.completed,
+                     "failed": self.local.engine.failed},
+            "served": {"running": self.net.server.statistics().running, "total": self.net.served},
+            "arena": {"name": arena.name, "size": arena.size, "used": arena.used, "free": arena.free,
+                      "blocks": arena.blocks, "processes": arena.processes},
+            "epochs": {e.name: e.value for e in arena.epochs},
+            "units": [{k: u[k] for k in ("unit", "state", "restarts", "handled")} for u in
+                      self.local.supervisor.statistics()],
+        }
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        peers, gossip = self.peers(), self.net.gossip.statistics()
+        return {
+            **self.vitals(),
+            "node": {"peer_id": self.peer_id, "name": self.config.name, "version": __version__},
+            "peers": {"known": len(peers), "connected": sum(p["connected"] for p in peers),
+                      "verified": sum(p["verified"] for p in peers)},
+            "gossip": {"published": gossip.published, "delivered": gossip.delivered,
+                       "errors": {"validator": gossip.validator_errors, "handler": gossip.handler_errors,
+                                  "publish": gossip.publish_errors}},
+        }
+
     # ------------------------------------------------------------------ jobs
     async def _run_job(self, job_id: str, req: SubmitRequest) -> None:
+        with job_context(job_id):  # every log line about the job carries its id (tasks inherit it)
+            await self._run_job_limited(job_id, req)
+
+    async def _run_job_limited(self, job_id: str, req: SubmitRequest) -> None:
         async with self._job_limiter:
             timeout = req.timeout_s or self.config.default_timeout_s
             deadline = trio.current_time() + timeout
@@ -219,15 +274,37 @@ class NodeDaemon:
                           params=dict(req.params), budget=req.budget, deadline_ms=deadline_ms,
                           replicas=req.replicas, module=req.module)
 
-    def _cost_units(self, req: SubmitRequest) -> int:
+    def _cost_model(self, req: SubmitRequest) -> str:
         m = self.local.engine._methods.get(req.capsule)
-        if m is None or m.cost == "call":
-            return 1
-        if m.cost == "mib":
+        return m.cost if m is not None else "call"
+
+    def _cost_units(self, req: SubmitRequest) -> int:
+        """Billable units the job may use (the price model of ``mesh.PRICES``): 1 call, the input's
+        MiB, or the fuel budget in millions."""
+        from inos_node.mesh import price_units
+
+        model = self._cost_model(req)
+        if model == "mib":
             return max(1, math.ceil(len(req.input) / (1024 * 1024)))
-        return int(req.params.get("fuel", 1_000_000) or 1)
+        if model == "fuel":
+            return price_units("fuel", int(req.params.get("fuel", 1_000_000) or 1))
+        return 1
 
     async def _run_job_within(self, job_id: str, req: SubmitRequest, deadline: float) -> None:
+        escrow = _Escrow() if self.economy is not None else None
+        try:
+            await self._run_job_attempts(job_id, req, deadline, escrow)
+        finally:
+            if escrow is not None and escrow.block and not escrow.settled:
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    try:
+                        await self.economy.refund(job_id)
+                        log.info("job=%s: escrow refunded", job_id)
+                    except InosError as exc:
+                        log.error("job=%s: refund failed (it is retried at the next start): %s", job_id, exc)
+
+    async def _run_job_attempts(self, job_id: str, req: SubmitRequest, deadline: float,
+                                escrow: _Escrow | None) -> None:
         served = req.capsule in self.local.engine._methods
         placement = req.placement if req.placement in ("local", "remote") or req.placement.startswith("peer:") \
             else "auto"
@@ -241,9 +318,11 @@ class NodeDaemon:
             )
             plan = decider.decide(task, self.net.peer_views(req.capsule))
             self.book.update(job_id, status="running", executor=",".join(plan.executors))
+            if escrow is not None and not escrow.block and any(t != decider.LOCAL for t in plan.executors):
+                await self._open_escrow(job_id, req, deadline, escrow, plan)
             left_ms = max(1, int((deadline - trio.current_time()) * 1000))
             if req.replicas > 1:
-                await self._run_replicas(job_id, req, plan, left_ms)
+                await self._run_replicas(job_id, req, plan, left_ms, escrow)
                 return
             target = plan.executors[0]
             method = self.local.engine._methods.get(req.capsule)
@@ -252,9 +331,9 @@ class NodeDaemon:
             try:
                 if hedge:
                     target, rec = await self._run_hedged(job_id, req, target, plan.fallbacks[0], left_ms,
-                                                         excluded, attempts)
+                                                         excluded, attempts, escrow)
                 else:
-                    rec = await self._run_on(job_id, req, target, left_ms)
+                    rec = await self._run_on(job_id, req, target, left_ms, escrow)
             except (PeerError, RemoteProtocolError) as exc:
                 attempts.append(f"{target}: {exc}")
                 log.warning("job=%s: executor %s failed (%s); retrying elsewhere", job_id, target, exc)
@@ -268,11 +347,14 @@ class NodeDaemon:
                 excluded.add(target)
                 attempts.append(f"{target}: busy")
                 continue
-            self.book.update(job_id, **rec)
+            if escrow is not None and target != decider.LOCAL and rec["status"] == Status.SUCCESS.value:
+                rec.update(await self._settle(job_id, req, escrow, [(target, rec)]))
+            self.book.update(job_id, **_public(rec))
             return
 
     async def _run_hedged(self, job_id: str, req: SubmitRequest, primary: str, backup: str, left_ms: int,
-                          excluded: set[str], attempts: list[str]) -> tuple[str, dict[str, Any]]:
+                          excluded: set[str], attempts: list[str], escrow: _Escrow | None
+                          ) -> tuple[str, dict[str, Any]]:
         """Run on ``primary``; if it has not answered after ``hedge_after`` of the time left (or
         fails sooner), also run on ``backup``, and take the first answer.
 
@@ -292,7 +374,7 @@ class NodeDaemon:
                 self.book.update(job_id, status="running", executor=f"{primary},{target}")
             left = max(1, left_ms - int((trio.current_time() - started) * 1000))
             try:
-                result: Any = await self._run_on(job_id, req, target, left)
+                result: Any = await self._run_on(job_id, req, target, left, escrow)
             except (PeerError, RemoteProtocolError) as exc:
                 result = exc
             await send.send((target, result))
@@ -317,44 +399,185 @@ class NodeDaemon:
         assert last_exc is not None
         raise last_exc
 
-    async def _run_replicas(self, job_id: str, req: SubmitRequest, plan: decider.Plan, left_ms: int) -> None:
+    async def _run_replicas(self, job_id: str, req: SubmitRequest, plan: decider.Plan, left_ms: int,
+                            escrow: _Escrow | None) -> None:
+        """Run on every executor of ``plan`` and accept an output only when the digests agree.
+
+        When two outputs disagree, one more executor breaks the tie (the next fallback peer, else
+        this node itself): the majority's output is accepted and its workers paid; every
+        minority worker is a proven liar (receipts of the majority and its own signed receipt):
+        its reputation drops and, on a network with a ledger, its stake is slashed.  Without a
+        majority the job fails with every receipt attached, and the escrow is refunded.
+        """
         results: dict[str, dict[str, Any]] = {}
+        started = trio.current_time()
 
         async def one(target: str) -> None:
+            left = max(1, left_ms - int((trio.current_time() - started) * 1000))
             try:
-                results[target] = await self._run_on(job_id, req, target, left_ms)
+                rec = await self._run_on(job_id, req, target, left, escrow)
+                if target == decider.LOCAL and rec["status"] == Status.SUCCESS.value:
+                    rec["_receipt"] = self._own_receipt(job_id, req, rec)
+                results[target] = rec
             except (PeerError, RemoteProtocolError) as exc:
                 results[target] = {"status": Status.FAILED.value, "error": str(exc), "executor": target}
 
         async with trio.open_nursery() as n:
             for target in plan.executors:
                 n.start_soon(one, target)
+        groups = self._digest_groups(results)
+        if len(groups) > 1:  # a disagreement: one more execution breaks the tie
+            spare = [t for t in plan.fallbacks if t not in results]
+            if not spare and req.capsule in self.local.engine._methods and decider.LOCAL not in results:
+                spare = [decider.LOCAL]
+            if spare:
+                log.warning("job=%s: replicas disagree; asking %s to break the tie", job_id, spare[0])
+                await one(spare[0])
+                groups = self._digest_groups(results)
+        ok = [r for r in results.values() if r["status"] == Status.SUCCESS.value]
         replicas = tuple(
             {"executor": r.get("executor", t), "status": r["status"], "cost": r.get("cost", 0),
              "output_digest": blake3.blake3(r["output"]).hexdigest() if r.get("output") is not None else None,
              "receipt": r.get("receipt"), "error": r.get("error", "")}
             for t, r in results.items()
         )
-        ok = [r for r in results.values() if r["status"] == Status.SUCCESS.value]
-        digests = {blake3.blake3(r["output"]).digest() for r in ok}
-        if len(ok) == len(plan.executors) and len(digests) == 1:
-            first = ok[0]
-            self.book.update(job_id, **{**first, "cost": sum(r.get("cost", 0) for r in ok), "replicas": replicas,
-                                        "executor": ",".join(r["executor"] for r in ok)})
+        ranked = sorted(groups.values(), key=len, reverse=True)
+        majority = ranked[0] if ranked and len(ranked[0]) >= 2 and (len(ranked) == 1 or len(ranked[0]) > len(ranked[1])) \
+            else None
+        unanimous = len(groups) == 1 and len(ok) == len(plan.executors)
+        if majority is not None and (unanimous or len(groups) > 1):
+            liars = [t for g in ranked[1:] for t in g]
+            first = results[majority[0]]
+            rec = {**first, "cost": 0, "replicas": replicas,
+                   "executor": ",".join(results[t].get("executor", t) for t in majority)}
+            if escrow is not None:
+                paid = [(t, results[t]) for t in majority if t != decider.LOCAL]
+                if paid:
+                    rec.update(await self._settle(job_id, req, escrow, paid))
+            for liar in liars:
+                await self._punish(job_id, liar, majority, results, escrow)
+            if liars:
+                rec["error"] = f"replicas disagreed; the majority's output was accepted; liar(s): {', '.join(liars)}"
+            self.book.update(job_id, **_public(rec))
             return
-        if len(digests) > 1:
-            error = (f"replicas disagree: {len(digests)} different outputs from "
+        if len(groups) > 1:
+            error = (f"replicas disagree: {len(groups)} different outputs from "
                      f"{', '.join(r['executor'] for r in ok)}; receipts attached")
         else:
             error = "; ".join(f"{r['executor']}: {r.get('error') or r['status']}" for r in results.values()
                               if r["status"] != Status.SUCCESS.value)
         self.book.update(job_id, status=Status.FAILED.value, error=error, replicas=replicas)
 
-    async def _run_on(self, job_id: str, req: SubmitRequest, target: str, left_ms: int) -> dict[str, Any]:
+    @staticmethod
+    def _digest_groups(results: dict[str, dict[str, Any]]) -> dict[bytes, list[str]]:
+        groups: dict[bytes, list[str]] = {}
+        for target, r in results.items():
+            if r["status"] == Status.SUCCESS.value and r.get("output") is not None:
+                groups.setdefault(blake3.blake3(r["output"]).digest(), []).append(target)
+        return groups
+
+    def _own_receipt(self, job_id: str, req: SubmitRequest, rec: dict[str, Any]) -> Any:
+        """This node's signed receipt for a tie-breaking execution of its own."""
+        from inos_node.receipts import sign_receipt
+        from inos_node.types import Metrics
+
+        data = req.input
+        return sign_receipt(self.identity, job_id=job_id, requester=self.peer_id, worker=self.peer_id,
+                            capsule=req.capsule, input_digest=blake3.blake3(data).digest(), output=rec["output"],
+                            cost=0, metrics=Metrics())
+
+    async def _punish(self, job_id: str, liar: str, majority: list[str], results: dict[str, dict[str, Any]],
+                      escrow: _Escrow | None) -> None:
+        log.warning("job=%s: %s returned an output the majority contradicts", job_id, liar)
+        self.net.record_mismatch(liar)
+        if self.economy is None or liar == decider.LOCAL:
+            return
+        from inos_node.economy.model import account_of_key
+        from inos_node.net.host import public_key_of_peer_id
+        from inos_node.wire.ledger import encode_receipt
+
+        evidence = [encode_receipt(results[t]["_receipt"]) for t in majority[:2] if results[t].get("_receipt")]
+        if len(evidence) < 2 or results[liar].get("_receipt") is None:
+            return
+        evidence.append(encode_receipt(results[liar]["_receipt"]))
+        try:
+            block = await self.economy.slash(job_id, account_of_key(public_key_of_peer_id(liar)), evidence)
+        except InosError as exc:
+            log.error("job=%s: could not slash %s: %s", job_id, liar, exc)
+            return
+        if block is not None:
+            log.warning("job=%s: slashed %s: %d credits seized", job_id, liar, block.amount)
+
+    # ------------------------------------------------------------------ escrow
+    async def _open_escrow(self, job_id: str, req: SubmitRequest, deadline: float, escrow: _Escrow,
+                           plan: decider.Plan) -> None:
+        """Lock the job's price in escrow before any capsule leaves, payable to the candidate peers
+        (the plan's executors, then its fallbacks: ``replicas`` + 2 of them, for a retry or a
+        tie-breaker), each up to its advertised price x the job's billable units, plus the
+        protocol fee on all of it (the ledger insists: a settle can always pay every named
+        worker).  What is not paid out is refunded when the job settles."""
+        from inos_node.economy.model import MAX_PAYMENTS, account_of_key
+        from inos_node.errors import BlockRejected, BudgetExceeded
+        from inos_node.net.host import public_key_of_peer_id
+        from inos_node.wire.ledger import encode_block
+
+        units = self._cost_units(req)
+        views = {v.peer_id: v for v in self.net.peer_views(req.capsule)}
+        order = [t for t in (*plan.executors, *plan.fallbacks) if t != decider.LOCAL]
+        order += [p for p in sorted(views) if p not in order]
+        workers: list[tuple[bytes, int]] = []
+        for peer in order[:min(MAX_PAYMENTS, req.replicas + 2)]:
+            price = views[peer].price_per_unit if peer in views else 1
+            escrow.max_pay[peer] = price * units
+            escrow.account[peer] = account_of_key(public_key_of_peer_id(peer))
+            workers.append((escrow.account[peer], escrow.max_pay[peer]))
+        paid_workers = len(workers)
+        amount = self.economy.lock_amount([m for _, m in workers], paid_workers)
+        if req.budget and amount > req.budget:
+            raise BudgetExceeded(f"the escrow for {req.capsule} needs {amount} credits ({units} unit(s) at up to "
+                                 f"{max(m for _, m in workers) // max(1, units)} per unit for {paid_workers} "
+                                 f"worker(s), plus the fee) but the budget is {req.budget}",
+                                 kind="budget", used=amount, limit=req.budget)
+        deadline_ms = int(time.time() * 1000 + max(0.0, deadline - trio.current_time()) * 1000)
+        try:
+            block = await self.economy.lock(job_id, amount, workers, deadline_ms)
+        except BlockRejected as exc:
+            bal = self.economy.balance()["balance"]
+            raise BudgetExceeded(f"cannot lock {amount} credits in escrow for {req.capsule}: {exc.reason} "
+                                 f"(balance {bal})", kind="budget", used=amount, limit=bal) from None
+        escrow.block = encode_block(block)
+        escrow.amount = amount
+        self.book.update(job_id, status="running", escrow=amount)
+
+    async def _settle(self, job_id: str, req: SubmitRequest, escrow: _Escrow,
+                      paid: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+        """Pay the workers of verified results (their receipt's cost at their price, capped by the
+        escrow), the fee to the treasury, and refund the rest; returns what the job record shows."""
+        from inos_node.mesh import price_units
+        from inos_node.wire.ledger import encode_receipt
+
+        model = self._cost_model(req)
+        payments, receipts = [], []
+        for peer, rec in paid:
+            cap = escrow.max_pay.get(peer, 0)
+            units = price_units(model, int(rec.get("_cost_units") or 1))
+            per_unit = cap // max(1, self._cost_units(req))
+            payments.append((escrow.account[peer], min(cap, per_unit * units)))
+            receipts.append(encode_receipt(rec["_receipt"]))
+        block = await self.economy.settle(job_id, payments, receipts)
+        escrow.settled = True
+        paid_total = sum(p for _, p in payments)
+        fee = self.economy.fee_of(paid_total)
+        return {"cost": paid_total + fee,
+                "settlement": {"paid": paid_total, "fee": fee, "refunded": escrow.amount - paid_total - fee,
+                               "escrow": escrow.amount, "block": block_hash_hex(block)}}
+
+    async def _run_on(self, job_id: str, req: SubmitRequest, target: str, left_ms: int,
+                      escrow: _Escrow | None = None) -> dict[str, Any]:
         if target == decider.LOCAL:
             result = await self.local.execute(self._job_request(job_id, req, left_ms))
             return self._record_from(result, "local", None)
-        return await self.net.run_remote(job_id, req, target, left_ms)
+        return await self.net.run_remote(job_id, req, target, left_ms, escrow.block if escrow else b"")
 
     def _record_from(self, result: JobResult, executor: str, receipt: Any) -> dict[str, Any]:
         output = bytes(result.output) if isinstance(result.output, bytes | bytearray | memoryview) else b""
@@ -372,6 +595,28 @@ class NodeDaemon:
     def _local_load(self) -> float:
         limiter = self.local.engine._thread_limiter
         return limiter.borrowed_tokens / max(1, limiter.total_tokens)
+
+
+@dataclass
+class _Escrow:
+    """A job's escrow, as its requester tracks it."""
+
+    block: bytes = b""  # the encoded escrow_lock block (sent with every delegate request)
+    amount: int = 0
+    settled: bool = False
+    max_pay: dict[str, int] = field(default_factory=dict)  # peer id -> max pay
+    account: dict[str, bytes] = field(default_factory=dict)  # peer id -> account id
+
+
+def _public(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record without its private ("_") keys, for the job book."""
+    return {k: v for k, v in rec.items() if not k.startswith("_")}
+
+
+def block_hash_hex(block: Any) -> str:
+    from inos_node.economy.model import block_hash
+
+    return block_hash(block).hex()
 
 
 async def run_node(config: DaemonConfig) -> int:

@@ -160,3 +160,27 @@ class ArenaExhausted(ArenaError):
 
 class InosInternalError(InosError):
     """An invariant of inos-node itself was broken: a bug, please report it."""
+
+
+# economy
+class LedgerError(InosError):
+    """A ledger value or operation is invalid (a bad DID, an amount, a block that cannot be built)."""
+
+
+class GenesisError(LedgerError):
+    """A genesis file is unreadable, badly signed or invalid; ``key`` names the field."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class BlockRejected(LedgerError):
+    """``Ledger.next_block`` refused to sign a block the ledger would reject; ``reason`` says why."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+__all__ += ["BlockRejected", "GenesisError", "LedgerError"]

@@ -29,12 +29,14 @@ import blake3
 import trio
 
 from inos_node import __version__
-from inos_node.errors import InvalidParams, PeerError, RemoteProtocolError
+from inos_node.economy.model import account_of_key
+from inos_node.errors import InvalidParams, LedgerError, PeerError, RemoteProtocolError
+from inos_node.logs import job_context
 from inos_node.net.blobs import BlobClient, BlobServer, MemoryBlobStore
 from inos_node.net.delegation import DelegationClient, DelegationServer
 from inos_node.net.dht import Dht
 from inos_node.net.discovery import Bootstrapper
-from inos_node.net.gossip import AdvertBook, AdvertPublisher, Gossip, adverts_topic, unix_ms
+from inos_node.net.gossip import AdvertBook, AdvertPublisher, Gossip, Topic, adverts_topic, unix_ms
 from inos_node.net.hello import HelloGate
 from inos_node.net.host import HostConfig, connect, open_host
 from inos_node.protocols.adverts import Advert, MethodPrice
@@ -48,8 +50,17 @@ __all__ = ["Mesh"]
 log = logging.getLogger(__name__)
 
 INLINE_MAX = 256 * 1024
-# The simple price model until the economy issue: credits per cost unit, by cost model.
+# The price model (credits per cost unit, by the method's cost model): a call, a MiB of input, or
+# a million units of WASM fuel.  ``price_units`` turns an engine cost into those units.
 PRICES = {"call": 1, "mib": 1, "fuel": 1}
+FUEL_PER_UNIT = 1_000_000
+
+
+def price_units(cost_model: str, cost: int) -> int:
+    """Billable units of an engine ``cost`` (calls, MiB, or fuel) under ``cost_model``."""
+    if cost_model == "fuel":
+        return max(1, -(-int(cost) // FUEL_PER_UNIT))
+    return max(1, int(cost))
 
 
 class Mesh:
@@ -61,6 +72,7 @@ class Mesh:
         self._rtt_ms: dict[str, float] = {}
         self._fail: dict[str, int] = {}
         self._ok: dict[str, int] = {}
+        self._mismatch: dict[str, int] = {}
         self.served = 0
         self._nursery: trio.Nursery | None = None
         self._provided: set[bytes] = set()
@@ -78,12 +90,27 @@ class Mesh:
                 await n.start(self.dht.run)
                 self.book = AdvertBook()
                 self.publisher = AdvertPublisher(d.identity, self._make_advert, interval_s=cfg.advert_interval_s)
-                self.gossip = Gossip(host, d.identity, topics=[adverts_topic(self.book, self.publisher)])
+                topics = [adverts_topic(self.book, self.publisher)]
+                economy = d.economy
+                if economy is not None:
+                    topics.append(Topic(economy.topic_name,
+                                        on_message=lambda msg: economy.on_message(msg.data, msg.from_peer),
+                                        validate=lambda msg: economy.validate(msg.data)))
+                self.gossip = Gossip(host, d.identity, topics=topics)
                 await n.start(self.gossip.run)
                 await n.start(self.book.run)
                 await n.start(self.publisher.run, self.gossip)
-                self.gate = HelloGate(host, d.identity, cfg.network_id, name=cfg.name, on_verified=self._verified)
+                self.gate = HelloGate(host, d.identity, d.network_id, name=cfg.name, on_verified=self._verified)
                 await n.start(self.gate.run)
+                if economy is not None:
+                    from inos_node.net.ledger_sync import LedgerSyncClient, LedgerSyncServer
+
+                    await n.start(LedgerSyncServer(host, economy.sync_source(), admit=self.gate.admit).run)
+                    self.ledger_sync = LedgerSyncClient(host)
+                    await n.start(self.ledger_sync.run)
+                    economy.attach(self.gossip, self.ledger_sync,
+                                   lambda: sorted(self.connected() & set(self.gate.verified_peers())))
+                    await n.start(economy.run)
                 self.server = DelegationServer(host, self._serve, max_concurrent=cfg.max_jobs, admit=self.gate.admit)
                 await n.start(self.server.run)
                 self.client = DelegationClient(host)
@@ -110,6 +137,8 @@ class Mesh:
         log.info("peer %s verified (same network)", peer_id)
         await self.dht.add_peer(peer_id)
         self.publisher.changed()
+        if self.daemon.economy is not None and self._nursery is not None:
+            self._nursery.start_soon(self.daemon.economy.sync_with, peer_id)  # a late joiner catches up
 
     # ------------------------------------------------------------------ views
     def addresses(self) -> list[str]:
@@ -139,8 +168,30 @@ class Mesh:
                 "advert_age_ms": now - advert.issued_unix_ms if advert else None,
                 "failures": self._fail.get(pid, 0),
                 "successes": self._ok.get(pid, 0),
+                "mismatches": self._mismatch.get(pid, 0),
+                "reputation": round(self.reputation(pid), 3),
             })
         return out
+
+    def reputation(self, peer_id: str) -> float:
+        """0..1 from what this node saw: verified receipts raise it; failures, timeouts and (three
+        times as much) replica mismatches lower it; a peer whose account is frozen or was slashed
+        on the ledger scores 0.  The decider avoids peers under its ``min_reputation`` and ranks
+        the others by cost / reputation."""
+        ok, bad, lies = self._ok.get(peer_id, 0), self._fail.get(peer_id, 0), self._mismatch.get(peer_id, 0)
+        economy = self.daemon.economy
+        if economy is not None:
+            try:
+                from inos_node.net.host import public_key_of_peer_id
+
+                if economy.frozen_key(public_key_of_peer_id(peer_id)):
+                    return 0.0
+            except RemoteProtocolError:
+                return 0.0
+        return (ok + 1) / (ok + bad + 3 * lies + 1)
+
+    def record_mismatch(self, peer_id: str) -> None:
+        self._mismatch[peer_id] = self._mismatch.get(peer_id, 0) + 1
 
     def peer_views(self, capsule: str) -> list[PeerView]:
         now = unix_ms()
@@ -149,11 +200,10 @@ class Mesh:
         for advert in self.book.table.peers_serving(capsule, now):
             if advert.peer_id == self.peer_id or advert.peer_id not in connected:
                 continue
-            ok, bad = self._ok.get(advert.peer_id, 0), self._fail.get(advert.peer_id, 0)
             views.append(PeerView(
                 peer_id=advert.peer_id, price_per_unit=advert.price_of(capsule) or 0, load=advert.load,
                 queue_depth=advert.queue_depth, rtt_ms=self._rtt_ms.get(advert.peer_id, 5.0),
-                reputation=(ok + 1) / (ok + bad + 1),
+                reputation=self.reputation(advert.peer_id),
             ))
         return views
 
@@ -185,7 +235,7 @@ class Mesh:
         )
 
     # ------------------------------------------------------------------ requester side
-    async def run_remote(self, job_id: str, req: Any, target: str, left_ms: int) -> dict[str, Any]:
+    async def run_remote(self, job_id: str, req: Any, target: str, left_ms: int, escrow: bytes = b"") -> dict[str, Any]:
         data = req.input
         if req.input_digest is not None:
             raise InvalidParams("input by digest can only run where the content is", param="input_digest")
@@ -207,14 +257,15 @@ class Mesh:
         t0 = time.perf_counter()
         try:
             resp: DelegateResponse = await self.client.request(target, job, input_digest=digest,
-                                                               deadline_unix_ms=unix_ms() + left_ms)
+                                                               deadline_unix_ms=unix_ms() + left_ms, escrow=escrow)
         except PeerError:
             if target in self.connected():
                 raise
             # a peer we know from its advert but have no connection to (yet): dial it, ask again
             await self._ensure_connected(target)
             t0 = time.perf_counter()
-            resp = await self.client.request(target, job, input_digest=digest, deadline_unix_ms=unix_ms() + left_ms)
+            resp = await self.client.request(target, job, input_digest=digest, deadline_unix_ms=unix_ms() + left_ms,
+                                             escrow=escrow)
         result = resp.result
         output = b""
         body = None
@@ -239,6 +290,8 @@ class Mesh:
             "metrics": result.metrics.as_dict(),
             "receipt": receipt_json(resp.receipt, body) if result.ok and resp.receipt is not None else None,
             "error": result.error,
+            "_receipt": resp.receipt if result.ok else None,  # for settlement (the daemon strips "_" keys)
+            "_cost_units": body.cost if body is not None else 0,
         }
 
     def _announce(self, digest: bytes) -> None:
@@ -275,9 +328,24 @@ class Mesh:
 
     # ------------------------------------------------------------------ worker side
     async def _serve(self, run: DelegateRun, peer_id: str) -> DelegateResponse:
+        with job_context(run.job.job_id, peer_id=peer_id):
+            return await self._serve_job(run, peer_id)
+
+    async def _serve_job(self, run: DelegateRun, peer_id: str) -> DelegateResponse:
         job = run.job
         if self.daemon.config.test_hang:
             await trio.sleep_forever()  # test-only: a peer that is alive but never answers
+        if self.daemon.economy is not None:
+            try:  # escrow before execution: no valid lock naming us, no work
+                from inos_node.net.host import public_key_of_peer_id
+
+                await self.daemon.economy.accept_escrow(
+                    run.escrow, requester_key_account=account_of_key(public_key_of_peer_id(peer_id)),
+                    job=job.job_id, peer=peer_id)
+            except (LedgerError, RemoteProtocolError) as exc:
+                log.info("job=%s: refused for %s: %s", job.job_id, peer_id, exc)
+                return DelegateResponse(run.request_id, JobResult(job.job_id, Status.FAILED,
+                                                                  error=f"unpaid: {exc}", retryable=False))
         try:
             data = await self._input_of(job.input, run.input_digest, peer_id)
             module = job.module

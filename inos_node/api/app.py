@@ -7,7 +7,10 @@
 Rules this module lives by:
   1. Every request, including one for a path that does not exist, must carry
      ``Authorization: Bearer <token>``; the token is compared in constant time.  A wrong or
-     missing token is 401 before the router sees the path, so probing learns nothing.
+     missing token is 401 before the router sees the path, so probing learns nothing.  The one
+     exception is ``GET`` of the dashboard's static page and assets (``dashboard.PUBLIC_PATHS``,
+     exact paths): a browser cannot send a header when it navigates, and they hold no data: the
+     page asks for the token and sends it on every data call.
   2. Every error answer is JSON ``{"error": "<what was wrong>"}``, plus ``"field"`` when one
      request field is at fault.  Nothing echoes the token.
   3. Request bodies are bounded while they are read (``max_body_bytes``, 413 beyond): a client
@@ -17,6 +20,8 @@ Rules this module lives by:
 
 The app runs under hypercorn's trio backend (``inos_node.api.server``), so handlers may use trio.
 The OpenAPI document (``inos_node.api.openapi``) describes these routes; a test keeps the two equal.
+The dashboard's routes live in ``inos_node.api.dashboard``, the Prometheus exposition in
+``inos_node.api.metrics``.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from inos_node.api import openapi
+from inos_node.api import dashboard, ledger_routes, metrics, openapi
 from inos_node.api.service import JobRecord, NodeService, SubmitRequest
 from inos_node.errors import CapsuleError, ConfigError, InosError, PeerError, RemoteProtocolError
 from inos_node.types import ArenaSlice, Digest
@@ -96,14 +101,17 @@ def _error_response(
 
 
 class _BearerAuth:
-    """Pure ASGI middleware: 401 unless ``Authorization: Bearer <token>`` matches."""
+    """Pure ASGI middleware: 401 unless ``Authorization: Bearer <token>`` matches (or the request
+    is a GET of one of the ``public`` paths, matched exactly)."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, public: frozenset[str] = frozenset()) -> None:
         self._app = app
         self._token = token.encode()
+        self._public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # lifespan (and nothing else: no websockets are routed)
+        if scope["type"] != "http" or (scope["method"] in ("GET", "HEAD") and scope["path"] in self._public):
+            # lifespan (no websockets are routed), or the dashboard's static page and assets
             await self._app(scope, receive, send)
             return
         value = b""
@@ -345,6 +353,8 @@ def make_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_event_streams: int = DEFAULT_MAX_EVENT_STREAMS,
     event_ping_s: float = DEFAULT_EVENT_PING_S,
+    metrics_registry: metrics.Registry | None = None,
+    boids: dashboard.BoidsShow | None = None,
 ) -> Starlette:
     """Build the control API over ``service``.  Pure: no I/O, no tasks started.
 
@@ -354,6 +364,8 @@ def make_app(
         max_body_bytes: request bodies over this are refused with 413 while being read.
         max_event_streams: concurrent ``GET /v1/events`` streams; more get 503.
         event_ping_s: idle seconds between keep-alive comments on event streams.
+        metrics_registry: extra ``GET /metrics`` providers (the ledger's); None: the node's own only.
+        boids: the dashboard's boids showcase (its flock size, frame rate and viewer limit).
 
     Raises:
         ConfigError: the token is too short or a limit is not positive.
@@ -363,6 +375,9 @@ def make_app(
     if max_body_bytes < 1 or max_event_streams < 1 or event_ping_s <= 0:
         raise ConfigError("API limits must be positive", key="api")
     stream_slots = [0]
+    registry = metrics_registry or metrics.Registry()
+    job_counters = metrics.JobCounters()
+    epoch_rates = metrics.RateWindow()
 
     async def submit(request: Request) -> Response:
         body = await _read_body(request, max_body_bytes)
@@ -454,6 +469,13 @@ def make_app(
     async def openapi_doc(request: Request) -> Response:
         return JSONResponse(openapi.document())
 
+    async def prometheus(request: Request) -> Response:
+        snapshot = service.metrics_snapshot()
+        job_counters.observe(service.jobs(MAX_LIST_LIMIT))
+        rates = epoch_rates.observe(trio.current_time(), snapshot.get("epochs") or {})
+        fams = [*metrics.families(snapshot, rates), *job_counters.families(), *registry.collect()]
+        return Response(metrics.render(fams), media_type=metrics.CONTENT_TYPE)
+
     routes = [
         Route("/v1/jobs", submit, methods=["POST"]),
         Route("/v1/jobs", list_jobs, methods=["GET"]),
@@ -465,10 +487,13 @@ def make_app(
         Route("/v1/node", node, methods=["GET"]),
         Route("/v1/health", health, methods=["GET"]),
         Route("/v1/openapi.json", openapi_doc, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        *dashboard.routes(service, boids or dashboard.BoidsShow(), epoch_rates),
+        *ledger_routes.routes(service, lambda request: _read_body(request, max_body_bytes)),
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_BearerAuth, token=token)],
+        middleware=[Middleware(_BearerAuth, token=token, public=dashboard.PUBLIC_PATHS)],
         exception_handlers={
             _ApiError: _on_api_error,
             InosError: _on_inos_error,

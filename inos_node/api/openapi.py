@@ -113,6 +113,9 @@ _SCHEMAS: dict[str, Any] = {
             "error": {"type": "string"},
             "submitted_ms": {"type": "integer"},
             "finished_ms": {"type": ["integer", "null"]},
+            "escrow": {"type": "integer", "description": "credits locked in escrow for the job (0: none)"},
+            "settlement": {"type": ["object", "null"],
+                           "description": "paid (to workers), fee (to the treasury), refunded, escrow, block"},
         },
     },
     "Event": {
@@ -331,4 +334,10 @@ _DOCUMENT: dict[str, Any] = {
 
 def document() -> dict[str, Any]:
     """A fresh copy of the document (callers may mutate it)."""
-    return copy.deepcopy(_DOCUMENT)
+    from inos_node.api import dashboard
+    from inos_node.api.ledger_routes import OPENAPI_PATHS
+
+    doc = copy.deepcopy(_DOCUMENT)
+    doc["paths"].update(copy.deepcopy(OPENAPI_PATHS))
+    doc["paths"].update(copy.deepcopy(dashboard.OPENAPI_PATHS))
+    return doc

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, get_args
 
 from inos_node.errors import InvalidParams
-from inos_node.types import Status
+from inos_node.types import JobResult, Status
 
 __all__ = [
     "FINISHED_STATUSES",
+    "FlockHost",
     "MAX_REPLICAS",
     "MAX_TIMEOUT_S",
     "PLACEMENTS",
@@ -165,6 +166,8 @@ class JobRecord:
     error: str = ""
     submitted_ms: int = 0
     finished_ms: int | None = None
+    escrow: int = 0  # credits locked for the job (networks with a ledger; 0 for local jobs)
+    settlement: Mapping[str, Any] | None = None  # paid, fee, refunded, escrow, block (once settled)
 
     @property
     def finished(self) -> bool:
@@ -190,6 +193,8 @@ class JobRecord:
             "error": self.error,
             "submitted_ms": self.submitted_ms,
             "finished_ms": self.finished_ms,
+            "escrow": self.escrow,
+            "settlement": dict(self.settlement) if self.settlement is not None else None,
         }
         if include_output:
             out["output_b64"] = None if self.output is None else base64.b64encode(self.output).decode("ascii")
@@ -213,14 +218,32 @@ class JobRecord:
             error=str(doc.get("error", "")),
             submitted_ms=int(doc.get("submitted_ms", 0)),
             finished_ms=doc.get("finished_ms"),
+            escrow=int(doc.get("escrow") or 0),
+            settlement=doc.get("settlement"),
         )
+
+
+class FlockHost(Protocol):
+    """What the dashboard's boids showcase needs of the local node (``LocalNode`` is one).
+
+    It steps the flock with ``submit("boids.step", ...)`` through the node's engine, and reads
+    each frame in place from the arena's ``"boids.flock"`` ping-pong buffer.
+    """
+
+    arena: Any
+
+    async def submit(self, name: str, data: Any = b"", params: dict[str, Any] | None = None, *,
+                     module: bytes | None = None, deadline_ms: int = 0) -> JobResult: ...
 
 
 class NodeService(Protocol):
     """What a running node offers its control API.  The daemon implements it.
 
     Sync methods must not block (they read in-memory state); async ones may wait.
+    ``local`` is the node's engine and arena (None until they are up), for the boids showcase.
     """
+
+    local: FlockHost | None
 
     async def submit(self, req: SubmitRequest) -> str:
         """Accept a job and return its id at once; the job runs in the background.
@@ -274,4 +297,17 @@ class NodeService(Protocol):
 
     def health(self) -> dict[str, Any]:
         """At least ``{"ready": bool}``; the API answers 503 while not ready."""
+        ...
+
+    def vitals(self) -> dict[str, Any]:
+        """Vital signs for the dashboard (``GET /v1/vitals``): ``name``, ``peer_id``, ``uptime_s``,
+        ``load`` (0..1), ``jobs`` {running, waiting, limit, completed, failed}, ``served``
+        {running, total}, ``arena`` {name, size, used, free, blocks, processes}, ``epochs``
+        {epoch name: counter}, ``units`` [{unit, state, restarts, ...}].  The API adds rates."""
+        ...
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """``vitals()`` plus ``node`` {peer_id, name, version}, ``peers`` {known, connected,
+        verified} and ``gossip`` {published, delivered: {topic: n}, errors: {kind: n}}, for
+        ``GET /metrics`` (``inos_node.api.metrics.families`` reads it; missing keys are skipped)."""
         ...

@@ -384,7 +384,7 @@ class DelegationClient:
         return self._core.in_flight(peer_id)
 
     async def request(
-        self, peer_id: str, run: JobRequest, *, input_digest: bytes, deadline_unix_ms: int
+        self, peer_id: str, run: JobRequest, *, input_digest: bytes, deadline_unix_ms: int, escrow: bytes = b""
     ) -> DelegateResponse:
         """Run ``run`` on ``peer_id`` and return its answer (any status: check ``result.status``).
 
@@ -392,6 +392,7 @@ class DelegationClient:
             input_digest: blake3 (32 bytes) of the input, however it travels.
             deadline_unix_ms: absolute; the worker stops the job then and answers ``timeout``.
                 0 = the worker's default.
+            escrow: the encoded escrow_lock block that pays for the job (networks with a ledger).
 
         Raises:
             PeerError: no stream to the peer, the stream broke (reset, EOF, peer died, bad
@@ -404,7 +405,7 @@ class DelegationClient:
         """
         rid = self._core.next_request_id()
         payload = encode_delegate_request(
-            DelegateRun(rid, run, input_digest, self._local, deadline_unix_ms), max_bytes=self._max_frame
+            DelegateRun(rid, run, input_digest, self._local, deadline_unix_ms, escrow), max_bytes=self._max_frame
         )
         local = self._local
 

@@ -35,7 +35,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from inos_node.errors import ConfigError, PeerError, RemoteProtocolError
 from inos_node.identity import Identity
 
-__all__ = ["ConnectionEvents", "HostConfig", "connect", "open_host", "peer_id_from_public_key", "peer_id_of", "quiet_libp2p_logs"]
+__all__ = ["ConnectionEvents", "HostConfig", "connect", "open_host", "peer_id_from_public_key", "peer_id_of", "public_key_of_peer_id", "quiet_libp2p_logs"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,30 @@ def peer_id_from_public_key(public_key: bytes) -> str:
         return str(ID.from_pubkey(Ed25519PublicKey.from_bytes(bytes(public_key))).to_base58())
     except Exception as exc:  # noqa: BLE001 - nacl raises several types for a bad key
         raise RemoteProtocolError(f"not an Ed25519 public key ({len(public_key)} bytes)") from exc
+
+
+_ED25519_PROTO_PREFIX = b"\x08\x01\x12\x20"  # protobuf PublicKey{Type: Ed25519, Data: 32 bytes}
+
+
+@functools.lru_cache(maxsize=4096)
+def public_key_of_peer_id(peer_id: str) -> bytes:
+    """The raw Ed25519 key inside an Ed25519 peer id (an identity multihash holds the key itself).
+
+    A node's peer id and its ledger account are one key: this is how a peer id becomes an account.
+
+    Raises:
+        RemoteProtocolError: not the peer id of an Ed25519 key.
+    """
+    try:
+        raw = ID.from_base58(peer_id).to_bytes()
+    except Exception as exc:  # noqa: BLE001 - base58/multihash errors come in several types
+        raise RemoteProtocolError(f"not a peer id: {peer_id!r}") from exc
+    if len(raw) != 38 or raw[:2] != b"\x00\x24" or raw[2:6] != _ED25519_PROTO_PREFIX:
+        raise RemoteProtocolError(f"peer id {peer_id} does not embed an Ed25519 key")
+    key = raw[6:]
+    if peer_id_from_public_key(key) != peer_id:
+        raise RemoteProtocolError(f"peer id {peer_id} does not round-trip through its key")
+    return key
 
 
 async def disconnect(host: Any, peer_id: str) -> None:

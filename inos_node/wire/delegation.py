@@ -88,6 +88,7 @@ class DelegateRun:
     input_digest: bytes  # blake3 of the input bytes (32), however the input travels
     requester: str = ""
     deadline_unix_ms: int = 0
+    escrow: bytes = b""  # the encoded escrow_lock block paying for this job (networks with a ledger)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +184,8 @@ def encode_delegate_request(req: DelegateRequest, *, max_bytes: int = DEFAULT_MA
         _fill_job_request(m.init("run"), req.job)
         m.deadlineUnixMs = _u64(req.deadline_unix_ms, "deadlineUnixMs")
         m.inputDigest = req.input_digest
+        if req.escrow:
+            m.escrow = req.escrow
     else:
         m.cancel = None
     return finish(m, "delegate request", max_bytes)
@@ -204,6 +207,7 @@ def _read_delegate_request(r: Any) -> DelegateRequest:
         requester=r.requester,
         deadline_unix_ms=r.deadlineUnixMs,
         input_digest=digest,
+        escrow=bytes(r.escrow),
     )
 
 

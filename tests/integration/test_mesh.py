@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
 
@@ -140,11 +141,16 @@ def test_a_lying_peer_is_caught_by_replicas(tmp_path):
         client = a.client()
         assert client.wait_peers(serving="compute.sha256", count=2, timeout_s=30)
         rec = client.run(SubmitRequest("compute.sha256", b"trust but verify", replicas=2, placement="remote"))
-        assert rec.status == "failed"
-        assert "replicas disagree" in rec.error
-        assert {r["executor"] for r in rec.replicas} == {honest.peer_id, liar.peer_id}
-        assert all(r["receipt"] is not None for r in rec.replicas), "the error carries both receipts"
+        # the two replicas disagree; this node breaks the tie itself and the majority wins
+        assert rec.status == "success", rec.error
+        assert rec.output == hashlib.sha256(b"trust but verify").digest()
+        assert "disagreed" in rec.error and liar.peer_id in rec.error and honest.peer_id not in rec.error
+        assert {r["executor"] for r in rec.replicas} == {honest.peer_id, liar.peer_id, "local"}
+        assert all(r["receipt"] is not None for r in rec.replicas if r["executor"] != "local"), "receipts kept"
         assert len({r["output_digest"] for r in rec.replicas}) == 2
+        peers = {p["peer_id"]: p for p in client.peers()}
+        assert peers[liar.peer_id]["mismatches"] == 1 and peers[honest.peer_id]["mismatches"] == 0
+        assert peers[liar.peer_id]["reputation"] < peers[honest.peer_id]["reputation"]
     finally:
         for n in (a, honest, liar):
             n.stop()

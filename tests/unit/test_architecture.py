@@ -16,6 +16,7 @@ OWNERS = {
     "libp2p": ("net/",),
     "starlette": ("api/",),
     "hypercorn": ("api/",),
+    "sqlite3": ("economy/store.py",),
 }
 # pure decision cores: standard library, inos_node.types and inos_node.errors only
 CORES = ("actors/supervision.py", "protocols/decider.py", "protocols/adverts.py")

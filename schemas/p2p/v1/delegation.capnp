@@ -17,6 +17,8 @@ struct DelegateRequest {
   requester @3 :Text;               # the requester's peer id
   deadlineUnixMs @4 :UInt64;        # absolute deadline; the worker stops work after it
   inputDigest @5 :Data;             # blake3 of the input bytes (always set for run)
+  escrow @6 :Data;                  # on a network with a ledger: the requester's signed
+                                    # escrow_lock block for this job (economy/v1/ledger.capnp Block)
 }
 
 struct Receipt {

@@ -1,0 +1,409 @@
+"""The ledger in a running node: the trio shell around the pure ``Ledger`` and its SQLite store.
+
+    own block:   next_block ─► offer (applied in memory) ─► store append (group commit, durable)
+                 ─► gossip publish                       (nothing is published before it is durable:
+                                                          a node that crashes never re-signs a height)
+    peer block:  gossip ─► inbox (bounded) ─► offer ─► applied: store append
+                                                   ├─ held: fetch the gap over /inos/ledger-sync
+                                                   └─ equivocation: store + gossip the proof
+    late join:   on every verified peer, and every ``sync_interval_s`` with one peer: compare
+                 heads, fetch what is missing (and the peer's equivocation proofs)
+
+Between ``next_block`` and the store's enqueue there is no checkpoint, so concurrent tasks append
+their own blocks in the order the ledger applied them, and group commit still batches them.
+
+Escrow flows for the daemon (requester side): ``lock`` before a capsule leaves, ``settle`` on a
+verified receipt, ``refund`` when the job fails; the pending settlement is recorded in the same
+transaction as the lock, so a node killed at any moment finishes or refunds it when it restarts
+(``resolve_pending``).  Worker side: ``accept_escrow`` checks the lock that comes with a request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from inos_node.economy.genesis import Genesis
+from inos_node.economy.ledger import Ledger, Offer, Outcome, lock_required, settle_fee
+from inos_node.economy.model import Block, BlockType, account_of_key, did_of_account
+from inos_node.economy.store import LedgerStore, Owed
+from inos_node.errors import BlockRejected, LedgerError, PeerError, RemoteProtocolError
+from inos_node.wire.ledger import decode_block, decode_proof, encode_block, encode_proof
+
+__all__ = ["LedgerNode", "ledger_topic_name", "unix_ms"]
+
+log = logging.getLogger(__name__)
+
+_BLOCK, _PROOF = b"B", b"P"
+
+
+def unix_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def ledger_topic_name(genesis: Genesis) -> str:
+    return f"inos/ledger/{genesis.network_id.hex()[:16]}/1"
+
+
+class LedgerNode:
+    def __init__(self, genesis: Genesis, identity: Any, data_dir: Path, *, sync_interval_s: float = 10.0,
+                 inbox: int = 4096) -> None:
+        self.genesis = genesis
+        self.identity = identity
+        self.account = account_of_key(identity.public_key)
+        self.did = did_of_account(self.account)
+        self.path = Path(data_dir) / "ledger.sqlite3"
+        self.sync_interval_s = sync_interval_s
+        self.topic_name = ledger_topic_name(genesis)
+        self.ledger: Ledger = None  # type: ignore[assignment]
+        self.store: LedgerStore = None  # type: ignore[assignment]
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[tuple[bytes, str]](inbox)
+        self._publish_send, self._publish_recv = trio.open_memory_channel[bytes](inbox)
+        self._sync_send, self._sync_recv = trio.open_memory_channel[tuple[str, bytes, int]](256)
+        self._gossip: Any = None
+        self._sync_client: Any = None
+        self._peers: Callable[[], list[str]] = list
+        self.changed = trio.Event()  # set (and replaced) whenever the ledger changes
+        self.stats = {"applied": 0, "held": 0, "rejected": 0, "duplicates": 0, "equivocations": 0,
+                      "dropped": 0, "synced": 0}
+
+    # ------------------------------------------------------------------ lifetime
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[LedgerNode]:
+        self.store = await trio.to_thread.run_sync(LedgerStore.open, self.path, self.genesis)
+        try:
+            self.ledger = await trio.to_thread.run_sync(self.store.replay, self.genesis)
+            log.info("ledger %s: %d blocks replayed, state %s", self.genesis.name, self.ledger.block_count,
+                     self.ledger.state_hash().hex()[:16])
+            yield self
+        finally:
+            await self.store.aclose()
+
+    def attach(self, gossip: Any, sync_client: Any, peers: Callable[[], list[str]]) -> None:
+        self._gossip, self._sync_client, self._peers = gossip, sync_client, peers
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(self._consume)
+            n.start_soon(self._publisher)
+            n.start_soon(self._syncer)
+            n.start_soon(self._sync_periodically)
+            task_status.started()
+
+    # ------------------------------------------------------------------ gossip topic
+    def validate(self, data: bytes) -> bool:
+        """Cheap shape check for gossip (the ledger checks signatures and rules on offer)."""
+        try:
+            if data[:1] == _BLOCK:
+                decode_block(data[1:])
+            elif data[:1] == _PROOF:
+                decode_proof(data[1:])
+            else:
+                return False
+        except RemoteProtocolError:
+            return False
+        return True
+
+    def on_message(self, data: bytes, from_peer: str) -> None:
+        try:
+            self._inbox_send.send_nowait((data, from_peer))
+        except trio.WouldBlock:
+            self.stats["dropped"] += 1  # the periodic sync repairs what gossip loses
+            log.warning("ledger inbox full: dropped a gossiped block from %s (sync will fetch it)", from_peer)
+
+    async def _consume(self) -> None:
+        async for data, peer in self._inbox_recv:
+            try:
+                if data[:1] == _PROOF:
+                    a, b = decode_proof(data[1:])
+                    await self._take(self.ledger.offer_proof(a, b), peer)
+                else:
+                    await self._take(self.ledger.offer(decode_block(data[1:])), peer)
+            except (RemoteProtocolError, LedgerError) as exc:
+                self.stats["rejected"] += 1
+                log.warning("ledger: a message from %s was not usable: %s", peer, exc)
+
+    async def _take(self, offer: Offer, peer: str) -> None:
+        """Persist what an offer applied; follow up gaps and equivocations."""
+        out = offer.outcome
+        for block in offer.applied:
+            await self.store.append(block)
+        if offer.applied:
+            self.stats["applied"] += len(offer.applied)
+            self._changed()
+        if out is Outcome.DUPLICATE:
+            self.stats["duplicates"] += 1
+        elif out is Outcome.HELD:
+            self.stats["held"] += 1
+            if offer.missing is not None and peer:
+                self._want(peer, *offer.missing)
+        elif out is Outcome.REJECTED:
+            self.stats["rejected"] += 1
+            log.warning("ledger: rejected a block from %s: %s", peer or "the store", offer.reason)
+        elif out is Outcome.EQUIVOCATION and offer.proof is not None:
+            self.stats["equivocations"] += 1
+            a, b = offer.proof
+            if await self.store.append_proof(a, b):
+                log.warning("ledger: EQUIVOCATION by %s at height %d: account frozen, stake slashed",
+                            did_of_account(a.account), a.height)
+                self._queue_publish(_PROOF + encode_proof(a, b))
+            self._changed()
+
+    def _changed(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def _queue_publish(self, data: bytes) -> None:
+        try:
+            self._publish_send.send_nowait(data)
+        except trio.WouldBlock:
+            log.warning("ledger publish queue full: a block goes out by sync instead of gossip")
+
+    async def _publisher(self) -> None:
+        async for data in self._publish_recv:
+            if self._gossip is None:
+                continue
+            try:
+                await self._gossip.publish(self.topic_name, data)
+            except Exception as exc:  # noqa: BLE001 - publishing is best effort; sync repairs
+                log.info("ledger: publish failed: %r", exc)
+
+    # ------------------------------------------------------------------ sync
+    def _want(self, peer: str, account: bytes, from_height: int) -> None:
+        try:
+            self._sync_send.send_nowait((peer, account, from_height))
+        except trio.WouldBlock:
+            pass  # the periodic sync covers it
+
+    async def _syncer(self) -> None:
+        async for peer, account, from_height in self._sync_recv:
+            await self._fetch_chain(peer, account, from_height)
+
+    async def _fetch_chain(self, peer: str, account: bytes, from_height: int) -> None:
+        if self._sync_client is None:
+            return
+        height = from_height
+        while True:
+            try:
+                raws = await self._sync_client.blocks(peer, account, height)
+            except (PeerError, RemoteProtocolError) as exc:
+                log.info("ledger sync of %s from %s failed: %s", did_of_account(account), peer, exc)
+                return
+            if not raws:
+                return
+            for raw in raws:
+                try:
+                    await self._take(self.ledger.offer(decode_block(raw)), peer)
+                except RemoteProtocolError as exc:
+                    log.warning("ledger sync: peer %s sent a bad block: %s", peer, exc)
+                    return
+            self.stats["synced"] += len(raws)
+            height += len(raws)
+
+    async def sync_with(self, peer: str) -> None:
+        """Compare heads with ``peer`` and fetch every chain where it is ahead (and its proofs)."""
+        if self._sync_client is None:
+            return
+        try:
+            resp = await self._sync_client.heads(peer)
+        except (PeerError, RemoteProtocolError) as exc:
+            log.info("ledger sync with %s failed: %s", peer, exc)
+            return
+        for a_raw, b_raw in resp.proofs:
+            try:
+                await self._take(self.ledger.offer_proof(decode_block(a_raw), decode_block(b_raw)), peer)
+            except (RemoteProtocolError, LedgerError) as exc:
+                log.warning("ledger sync: bad proof from %s: %s", peer, exc)
+        ours = self.ledger.heads()
+        for head in resp.heads:
+            mine = ours.get(head.account, (0, b""))[0]
+            if head.height > mine:
+                await self._fetch_chain(peer, head.account, mine + 1)
+
+    async def _sync_periodically(self) -> None:
+        while True:
+            await trio.sleep(self.sync_interval_s * (0.5 + random.random()))
+            peers = self._peers()
+            if peers:
+                await self.sync_with(random.choice(peers))
+
+    def sync_source(self) -> Any:
+        from inos_node.net.ledger_sync import SyncSource
+
+        def heads() -> list[tuple[bytes, int, bytes]]:
+            return [(a, h, head) for a, (h, head) in self.ledger.heads().items()]
+
+        def blocks(account: bytes, from_height: int, limit: int) -> list[bytes]:
+            return [encode_block(b) for b in self.ledger.blocks_from(account, from_height, limit)]
+
+        def proofs() -> list[tuple[bytes, bytes]]:
+            return [(encode_block(a), encode_block(b)) for a, b in self.ledger.proofs()]
+
+        return SyncSource(heads=heads, blocks=blocks, proofs=proofs)
+
+    # ------------------------------------------------------------------ own blocks
+    async def commit(self, type_: BlockType, *, owe: Owed | None = None, clear: str | None = None,
+                     **fields: Any) -> Block:
+        """Sign, apply, persist (durably) and publish this node's next block.
+
+        Raises:
+            BlockRejected: the ledger refuses it (the reason says why: balance, frozen, ...).
+        """
+        block = self.ledger.next_block(self.identity, type_, timestamp_ms=unix_ms(), **fields)
+        offer = self.ledger.offer(block)
+        if offer.outcome is not Outcome.APPLIED:
+            raise BlockRejected(f"{type_.name.lower()} refused: {offer.reason or offer.outcome.value}",
+                                reason=offer.reason)
+        # no checkpoint between the offer and the enqueue inside append: store order = apply order
+        await self.store.append(block, owe=owe, clear=clear)
+        self.stats["applied"] += len(offer.applied)
+        self._changed()
+        self._queue_publish(_BLOCK + encode_block(block))
+        return block
+
+    async def transfer(self, to: str | bytes, amount: int) -> Block:
+        return await self.commit(BlockType.TRANSFER, amount=amount, counterparty=to)
+
+    async def stake(self, amount: int) -> Block:
+        return await self.commit(BlockType.STAKE, amount=amount)
+
+    async def unstake(self, amount: int) -> Block:
+        return await self.commit(BlockType.UNSTAKE, amount=amount)
+
+    # ------------------------------------------------------------------ escrow (requester side)
+    def fee_of(self, paid: int) -> int:
+        return settle_fee(paid, self.genesis.fee_bps)
+
+    def lock_amount(self, max_pays: list[int], paid_workers: int) -> int:
+        """Enough to pay the ``paid_workers`` most expensive of ``max_pays`` and the fee."""
+        top = sorted(max_pays, reverse=True)[:max(1, paid_workers)]
+        return lock_required(sum(top), self.genesis.fee_bps)
+
+    async def lock(self, job: str, amount: int, workers: list[tuple[bytes, int]], deadline_ms: int) -> Block:
+        """Lock ``amount`` for ``job`` payable to ``workers`` (account, max pay); recorded as owed
+        in the same transaction, so a restart resolves it."""
+        return await self.commit(BlockType.ESCROW_LOCK, job=job, amount=amount, payments=workers,
+                                 deadline_ms=deadline_ms, owe=Owed(job, "locked", b""))
+
+    async def settle(self, job: str, payments: list[tuple[bytes, int]], receipts: list[bytes]) -> Block:
+        return await self.commit(BlockType.SETTLE, job=job, payments=payments, evidence=receipts, clear=job)
+
+    async def refund(self, job: str) -> Block | None:
+        esc = self.ledger.escrow(self.account, job)
+        if esc is None or esc["state"] != "open":
+            await self.store.clear(job)
+            return None
+        return await self.commit(BlockType.REFUND, job=job, clear=job)
+
+    async def slash(self, job: str, offender: bytes, evidence: list[bytes]) -> Block | None:
+        """Slash ``offender`` with receipts proving its replica lie (None if it has nothing staked)."""
+        if self.ledger.account(offender)["staked"] <= 0 or self.ledger.frozen(offender):
+            return None
+        height = self.ledger.account(offender)["height"]
+        return await self.commit(BlockType.SLASH, job=job, counterparty=offender, ref_height=height,
+                                 evidence=evidence)
+
+    async def note_settlement(self, job: str, payments: list[tuple[bytes, int]], receipts: list[bytes]) -> None:
+        """Record that ``job`` is to be settled with these payments (before the settle block): a
+        crash in between settles it on restart instead of refunding."""
+        data = json.dumps({"payments": [[a.hex(), p] for a, p in payments],
+                           "receipts": [r.hex() for r in receipts]}).encode()
+        await self.store.owe(job, "settle", data)
+
+    async def resolve_pending(self) -> list[str]:
+        """After a restart: settle what was verified and noted, refund every other open escrow of ours."""
+        done = []
+        owed = {o.job: o for o in self.store.owed()}
+        open_jobs = {e["job"] for e in self.ledger.open_escrows(self.account)}
+        for job in sorted(open_jobs | set(owed)):
+            o = owed.get(job)
+            try:
+                if job not in open_jobs:
+                    await self.store.clear(job)
+                    continue
+                if o is not None and o.state == "settle":
+                    doc = json.loads(o.data)
+                    await self.settle(job, [(bytes.fromhex(a), int(p)) for a, p in doc["payments"]],
+                                      [bytes.fromhex(r) for r in doc["receipts"]])
+                else:
+                    await self.refund(job)
+                done.append(job)
+            except (LedgerError, ValueError, KeyError) as exc:
+                log.error("ledger: could not resolve pending job %s: %s", job, exc)
+        if done:
+            log.info("ledger: resolved %d pending escrow(s) after restart", len(done))
+        return done
+
+    # ------------------------------------------------------------------ escrow (worker side)
+    async def accept_escrow(self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str) -> dict[str, Any]:
+        """Check the escrow lock that came with a request; returns the open escrow.
+
+        Raises:
+            LedgerError: no valid lock for this job that names this node.
+        """
+        if not raw:
+            raise LedgerError("this network has a ledger: a capsule needs an escrow_lock block; none was sent")
+        try:
+            block = decode_block(raw)
+        except RemoteProtocolError as exc:
+            raise LedgerError(f"escrow block: {exc}") from None
+        if block.type is not BlockType.ESCROW_LOCK or block.job != job or block.account != requester_key_account:
+            raise LedgerError("escrow block is not an escrow_lock of this job by this requester")
+        offer = self.ledger.offer(block)
+        if offer.outcome is Outcome.HELD and offer.missing is not None:
+            await self._fetch_chain(peer, *offer.missing)
+            offer = self.ledger.offer(block)
+        if offer.outcome in (Outcome.APPLIED, Outcome.HELD, Outcome.EQUIVOCATION):
+            await self._take(offer, peer)
+        if offer.outcome not in (Outcome.APPLIED, Outcome.DUPLICATE):
+            raise LedgerError(f"escrow lock not accepted: {offer.reason or offer.outcome.value}")
+        esc = self.ledger.escrow(block.account, job)
+        if esc is None or esc["state"] != "open":
+            raise LedgerError(f"escrow for {job} is {esc['state'] if esc else 'missing'}")
+        if self.did not in esc["workers"]:
+            raise LedgerError("the escrow does not name this node as a worker")
+        return esc
+
+    # ------------------------------------------------------------------ views
+    def frozen_key(self, public_key: bytes) -> bool:
+        return self.ledger.frozen(account_of_key(public_key))
+
+    def balance(self, did: str | None = None) -> dict[str, Any]:
+        return self.ledger.account(did or self.account)
+
+    def supply(self) -> dict[str, Any]:
+        return self.ledger.supply()
+
+    def state_hash(self) -> str:
+        return self.ledger.state_hash().hex()
+
+    def verify(self) -> dict[str, Any]:
+        """Re-validate every stored block from genesis, signatures included (runs in a thread:
+        it reads the store on its own connection and builds a separate ledger)."""
+        fresh = Ledger(self.genesis, verify_signatures=True, max_held=10_000_000)
+        problems: list[str] = []
+        blocks, proofs = self.store.load()
+        for a, b in proofs:
+            fresh.offer_proof(a, b)
+        count = 0
+        for block in blocks:
+            count += 1
+            offer = fresh.offer(block)
+            if offer.outcome is Outcome.REJECTED and "frozen" not in offer.reason:
+                problems.append(f"{did_of_account(block.account)}#{block.height}: {offer.reason}")
+        if fresh.held():
+            problems.append(f"{len(fresh.held())} stored block(s) still wait for a predecessor")
+        replayed = fresh.state_hash().hex()
+        supply = fresh.supply()
+        if supply["balances"] + supply["escrow"] + supply["staked"] != supply["minted"]:
+            problems.append("supply is not conserved")
+        return {"ok": not problems, "state_hash": replayed, "blocks": count, "problems": problems[:20],
+                "live_state_hash": self.state_hash()}
