@@ -325,9 +325,9 @@ def cmd_peers(args: argparse.Namespace) -> int:
         methods = p.get("methods") or []
         addrs = p.get("addresses") or []
         rows.append([_cell(p.get("peer_id")), _cell(p.get("name")), _cell(p.get("rtt_ms")),
-                     _cell(p.get("load")), _cell(p.get("price")), str(len(methods)),
+                     _cell(p.get("load")), _cell(p.get("reputation")), str(len(methods)),
                      _cell(addrs[0] if addrs else None)])
-    _table(rows, ["PEER ID", "NAME", "RTT MS", "LOAD", "PRICE", "METHODS", "ADDRESS"])
+    _table(rows, ["PEER ID", "NAME", "RTT MS", "LOAD", "REPUTATION", "METHODS", "ADDRESS"])
     return 0
 
 

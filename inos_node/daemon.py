@@ -148,8 +148,8 @@ class NodeDaemon:
                         await self.economy.resolve_pending()  # escrows a crash left open
                     async with trio.open_nursery() as nursery:
                         self._jobs_nursery = nursery
-                        self.api_urls = await nursery.start(serve_api, make_app(self, token), cfg.api_host,
-                                                            cfg.api_port)
+                        app = make_app(self, token, metrics_registry=self._metrics_registry())
+                        self.api_urls = await nursery.start(serve_api, app, cfg.api_host, cfg.api_port)
                         self.ready = True
                         info = self.info()
                         log.info("node %s ready: peer id %s, addresses %s, api %s", cfg.name, self.peer_id,
@@ -215,6 +215,36 @@ class NodeDaemon:
 
     def health(self) -> dict[str, Any]:
         return {"ready": self.ready, "peers": len(self.peers()), "peer_id": self.peer_id}
+
+    def _metrics_registry(self) -> Any:
+        """``/metrics`` providers beyond the node's own: the ledger's blocks, balances and supply."""
+        from inos_node.api import metrics
+
+        registry = metrics.Registry()
+        economy = self.economy
+        if economy is None:
+            return registry
+
+        def ledger_samples() -> list[Any]:
+            supply, own = economy.supply(), economy.balance()
+            stats = supply["stats"]
+            out = [metrics.Sample("inos_ledger_blocks", stats["blocks"], help="blocks applied to this node's ledger"),
+                   metrics.Sample("inos_ledger_held_blocks", stats["held"], help="blocks waiting for a predecessor"),
+                   metrics.Sample("inos_ledger_frozen_accounts", stats["frozen"], help="accounts frozen for cheating"),
+                   metrics.Sample("inos_ledger_equivocation_proofs", stats["proofs"], help="equivocation proofs held")]
+            for part in ("minted", "balances", "escrow", "staked"):
+                out.append(metrics.Sample("inos_ledger_supply_credits", supply[part], {"part": part},
+                                          help="credits by where they are; minted = balances + escrow + staked"))
+            for part in ("balance", "escrow", "staked"):
+                out.append(metrics.Sample("inos_ledger_account_credits", own[part], {"part": part, "did": own["did"]},
+                                          help="this node's own account"))
+            for key, value in economy.stats.items():
+                out.append(metrics.Sample("inos_ledger_messages_total", value, {"outcome": key}, kind="counter",
+                                          help="ledger blocks received from peers, by outcome"))
+            return out
+
+        registry.register_provider(ledger_samples)
+        return registry
 
     def ledger(self) -> Any:
         """The node's ``LedgerNode`` (None on the free dev network)."""
@@ -546,6 +576,7 @@ class NodeDaemon:
             raise BudgetExceeded(f"cannot lock {amount} credits in escrow for {req.capsule}: {exc.reason} "
                                  f"(balance {bal})", kind="budget", used=amount, limit=bal) from None
         escrow.block = encode_block(block)
+        escrow.chain = self.economy.chain_before(block)
         escrow.amount = amount
         self.book.update(job_id, status="running", escrow=amount)
 
@@ -577,7 +608,9 @@ class NodeDaemon:
         if target == decider.LOCAL:
             result = await self.local.execute(self._job_request(job_id, req, left_ms))
             return self._record_from(result, "local", None)
-        return await self.net.run_remote(job_id, req, target, left_ms, escrow.block if escrow else b"")
+        if escrow is None:
+            return await self.net.run_remote(job_id, req, target, left_ms)
+        return await self.net.run_remote(job_id, req, target, left_ms, escrow.block, escrow.chain)
 
     def _record_from(self, result: JobResult, executor: str, receipt: Any) -> dict[str, Any]:
         output = bytes(result.output) if isinstance(result.output, bytes | bytearray | memoryview) else b""
@@ -602,6 +635,7 @@ class _Escrow:
     """A job's escrow, as its requester tracks it."""
 
     block: bytes = b""  # the encoded escrow_lock block (sent with every delegate request)
+    chain: tuple[bytes, ...] = ()  # our blocks just before it (a worker may not have them yet)
     amount: int = 0
     settled: bool = False
     max_pay: dict[str, int] = field(default_factory=dict)  # peer id -> max pay

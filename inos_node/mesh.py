@@ -235,7 +235,8 @@ class Mesh:
         )
 
     # ------------------------------------------------------------------ requester side
-    async def run_remote(self, job_id: str, req: Any, target: str, left_ms: int, escrow: bytes = b"") -> dict[str, Any]:
+    async def run_remote(self, job_id: str, req: Any, target: str, left_ms: int, escrow: bytes = b"",
+                         escrow_chain: tuple[bytes, ...] = ()) -> dict[str, Any]:
         data = req.input
         if req.input_digest is not None:
             raise InvalidParams("input by digest can only run where the content is", param="input_digest")
@@ -257,7 +258,8 @@ class Mesh:
         t0 = time.perf_counter()
         try:
             resp: DelegateResponse = await self.client.request(target, job, input_digest=digest,
-                                                               deadline_unix_ms=unix_ms() + left_ms, escrow=escrow)
+                                                               deadline_unix_ms=unix_ms() + left_ms, escrow=escrow,
+                                                               escrow_chain=escrow_chain)
         except PeerError:
             if target in self.connected():
                 raise
@@ -265,7 +267,7 @@ class Mesh:
             await self._ensure_connected(target)
             t0 = time.perf_counter()
             resp = await self.client.request(target, job, input_digest=digest, deadline_unix_ms=unix_ms() + left_ms,
-                                             escrow=escrow)
+                                             escrow=escrow, escrow_chain=escrow_chain)
         result = resp.result
         output = b""
         body = None
@@ -341,7 +343,7 @@ class Mesh:
 
                 await self.daemon.economy.accept_escrow(
                     run.escrow, requester_key_account=account_of_key(public_key_of_peer_id(peer_id)),
-                    job=job.job_id, peer=peer_id)
+                    job=job.job_id, peer=peer_id, chain=run.escrow_chain)
             except (LedgerError, RemoteProtocolError) as exc:
                 log.info("job=%s: refused for %s: %s", job.job_id, peer_id, exc)
                 return DelegateResponse(run.request_id, JobResult(job.job_id, Status.FAILED,

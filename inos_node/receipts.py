@@ -6,7 +6,8 @@ library.method, input digest, output digest, cost, metrics) with its Ed25519 key
 public key.  The requester accepts the result only if every check below holds; each failure is a
 ``ReceiptInvalid`` that says which.
 
-  1. the signature verifies under the attached public key;
+  1. the signature verifies under the attached public key (remembered in ``sigcache``, so the
+     ledger does not verify the same receipt again when it settles with it);
   2. that public key *is* the worker: its libp2p peer id equals the peer that answered;
   3. the body names this job, this requester, this capsule and the input digest we sent;
   4. the output digest in the body is the blake3 of the output we received.
@@ -21,8 +22,9 @@ from typing import Any
 import blake3
 
 from inos_node.errors import RemoteProtocolError
-from inos_node.identity import Identity, verify
+from inos_node.identity import Identity
 from inos_node.net.host import peer_id_from_public_key
+from inos_node.sigcache import verify_once
 from inos_node.types import Metrics
 from inos_node.wire.delegation import Receipt, ReceiptBody, decode_receipt_body, encode_receipt_body
 
@@ -46,7 +48,7 @@ def open_receipt(receipt: Receipt, *, worker_peer_id: str | None = None) -> Rece
         ReceiptInvalid: a bad signature, an undecodable body, or a key that does not derive the
             body's ``worker`` (or ``worker_peer_id`` when given).
     """
-    if not verify(receipt.public_key, receipt.body, receipt.signature):
+    if not verify_once(receipt.public_key, receipt.body, receipt.signature):
         raise ReceiptInvalid("receipt signature does not verify")
     body = decode_receipt_body(receipt.body)
     signer = peer_id_from_public_key(receipt.public_key)

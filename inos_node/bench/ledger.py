@@ -6,7 +6,7 @@ Keys (microseconds unless the name says otherwise):
   ed25519_verify_per_s          baseline: pynacl VerifyKey.verify of the same signatures
   decode_apply_transfer_per_s   the same transfers from their encoded bytes: decode_block + offer
   durable_append_p50_us         LedgerStore.append_sync of one block, until committed, one at a time
-                                (synchronous=normal: the writer thread, its queue, one commit)
+                                (synchronous=normal; an idle store: the caller commits, no hand-off)
   durable_append_trio_p50_us    the same through ``await store.append`` from a trio task
   sqlite_commit_p50_us          baseline: one INSERT of a row of the same size + COMMIT on a bare
                                 sqlite3 WAL connection, same synchronous setting, same directory
@@ -17,7 +17,9 @@ Keys (microseconds unless the name says otherwise):
   group_commit_appends_per_s    64 trio tasks appending at once (group commit), and the mean batch
   settle_cpu_us                 requester CPU (thread time) per paid job, no network: build, sign and
                                 apply an escrow_lock, verify the worker's receipt, build, sign and
-                                apply the settle (which checks the receipt's signature again)
+                                apply the settle (its receipt check is answered by sigcache, and
+                                its own signature is not re-verified: 1 verify + 2 signs per job)
+  ed25519_sign_us / ed25519_verify_us   baseline: one pynacl sign / verify, same run (thread time)
 
 ``remote_paid_rtt_p50_us`` (a paid remote capsule) belongs to ``inos bench mesh``.
 """
@@ -211,6 +213,7 @@ def _bench_settle(report: dict[str, Any], quick: bool, say: Callable[[str], None
 
     from inos_node.economy.ledger import Ledger, Outcome, lock_required
     from inos_node.economy.model import BlockType, account_of_key
+    from inos_node.identity import verify
     from inos_node.net.host import peer_id_from_public_key
     from inos_node.receipts import sign_receipt, verify_receipt
     from inos_node.types import Metrics
@@ -245,6 +248,17 @@ def _bench_settle(report: dict[str, Any], quick: bool, say: Callable[[str], None
             raise AssertionError("bench settle not applied")
     report["settle_cpu_us"] = round((time.thread_time_ns() - t0) / n / 1000.0, 1)
     report["settles"] = n
+    # Baseline, same run: what one Ed25519 sign and one verify cost (a job needs 2 signs + 1 verify).
+    message = bytes(32)
+    signature = requester.sign(message)
+    t0 = time.thread_time_ns()
+    for _ in range(n // 3):
+        requester.sign(message)
+    report["ed25519_sign_us"] = round((time.thread_time_ns() - t0) / (n // 3) / 1000.0, 1)
+    t0 = time.thread_time_ns()
+    for _ in range(n // 3):
+        verify(requester.public_key, message, signature)
+    report["ed25519_verify_us"] = round((time.thread_time_ns() - t0) / (n // 3) / 1000.0, 1)
 
 
 def _ratios(r: dict[str, Any]) -> dict[str, Any]:

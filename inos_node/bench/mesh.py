@@ -14,6 +14,14 @@ process, bootstrapped to B.  Every pair below is measured between exactly these 
   connect_ms                   a new connection A -> B (TCP + Noise + Yamux), median of 10
   gossip_p50_ms / gossip_p99_ms  an advert-sized message reaching all of 10 node processes
                                (and of 30 with --gossip-30)
+
+The economy's cost is measured on a second pair, A' (in this process) and B' (a process), both on
+a network with a genesis, against A and B above, through the daemon's whole job path (submit,
+decider, delegation, receipt check; the same path ``inos submit`` takes) on both sides:
+
+  remote_job_rtt_p50_us        system.echo submitted on A with --peer B (no ledger)
+  remote_paid_rtt_p50_us       the same on A' with --peer B': escrow lock before the request
+                               (B' checks it before running), settle after the receipt verifies
 """
 
 from __future__ import annotations
@@ -110,6 +118,10 @@ async def _main(quick: bool, gossip_30: bool, say: Any) -> dict[str, Any]:
                 await connect(mesh.host, b.address)
                 conns.append(time.perf_counter() - t0)
             report["connect_ms"] = round(statistics.median(conns) * 1000, 2)
+
+            say("the economy: a paid job vs an unpaid one, through the daemon's job path")
+            report["remote_job_rtt_p50_us"] = await _job_rtt(daemon, b.peer_id, 100 if quick else 500)
+            report["remote_paid_rtt_p50_us"] = await _paid_rtt(base, 100 if quick else 500)
             nursery.cancel_scope.cancel()
     finally:
         b.stop()
@@ -128,8 +140,52 @@ async def _main(quick: bool, gossip_30: bool, say: Any) -> dict[str, Any]:
         "remote_throughput/libp2p_stream_throughput": round(
             report["remote_throughput_per_s"] / report["libp2p_stream_throughput_per_s"], 3),
         "blob/libp2p_bulk": round(report["blob_mbps"] / report["libp2p_bulk_mbps"], 3),
+        "remote_paid_rtt/remote_job_rtt": round(report["remote_paid_rtt_p50_us"] / report["remote_job_rtt_p50_us"], 3),
+        "remote_paid_rtt/remote_rtt": round(report["remote_paid_rtt_p50_us"] / report["remote_rtt_p50_us"], 3),
     }
     return report
+
+
+async def _job_rtt(daemon: Any, peer: str, n: int) -> float:
+    """Median µs of ``system.echo`` submitted to ``daemon`` with ``--peer peer``, one at a time."""
+    from inos_node.api.service import SubmitRequest
+
+    req = SubmitRequest("system.echo", b"x" * 100, placement=f"peer:{peer}")
+    samples = []
+    for i in range(n + 30):
+        t0 = time.perf_counter()
+        rec = await daemon.wait_job(await daemon.submit(req))
+        if i >= 30:
+            samples.append(time.perf_counter() - t0)
+        assert rec.status == "success", rec
+    return round(statistics.median(samples) * 1e6, 1)
+
+
+async def _paid_rtt(base: Path, n: int) -> float:
+    from inos_node.daemon import DaemonConfig, NodeDaemon
+    from inos_node.economy.genesis import create_genesis, write_genesis
+    from inos_node.identity import DataDir
+    from inos_node.testing.procs import free_port, start_node
+
+    dids = {name: DataDir(base / name).ensure().identity().did for name in ("pa", "pb")}
+    doc, _ = create_genesis({d: 10_000_000 for d in dids.values()}, name="bench")
+    genesis = write_genesis(base / "genesis.json", doc, force=True)
+    pb = await trio.to_thread.run_sync(lambda: start_node(base, "pb", extra=("--genesis", str(genesis))))
+    try:
+        cfg = DaemonConfig(data_dir=base / "pa", listen=("/ip4/127.0.0.1/tcp/0",), bootstrap=(pb.address,),
+                           api=f"127.0.0.1:{free_port()}", name="pa", genesis=genesis)
+        daemon = NodeDaemon(cfg)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            with trio.fail_after(30):
+                await daemon.net.wait_peers(peer_id=pb.peer_id, serving="system.echo", count=1)
+            result = await _job_rtt(daemon, pb.peer_id, n)
+            rec = daemon.jobs(1)[0]
+            assert rec.settlement is not None and rec.cost > 0, rec  # it really was paid
+            nursery.cancel_scope.cancel()
+        return result
+    finally:
+        pb.stop()
 
 
 def run_mesh(quick: bool = False, gossip_30: bool = False, progress: bool = True) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,10 +68,13 @@ from inos_node.economy.model import (
 )
 from inos_node.errors import BlockRejected, LedgerError, ProtocolError
 from inos_node.identity import verify
+from inos_node.sigcache import verify_once
 
 __all__ = ["Ledger", "Offer", "Outcome", "settle_fee", "lock_required"]
 
 _BPS = 10_000
+_MAX_BUILT = 64  # own blocks built by next_block and not yet offered
+_MAX_EVIDENCE_CACHE = 1024  # decoded, verified evidence receipts
 
 
 class Outcome(enum.Enum):
@@ -159,6 +163,8 @@ class Ledger:
         self._reverted: set[bytes] = set()  # hashes of blocks applied, then reverted by a cut
         self._proof_counted: set[bytes] = set()  # proof blocks whose credits were counted unapplied
         self._keys: dict[bytes, bytes] = {}  # public key -> account id (blake3 once per key)
+        self._built: dict[bytes, Block] = {}  # hash -> a block next_block signed (see offer)
+        self._evidence: OrderedDict[bytes, tuple[bytes, Any]] = OrderedDict()  # see _receipts
         self._blocks = 0
         for account, amount in genesis.allocations:
             st = self._acct(account)
@@ -168,8 +174,17 @@ class Ledger:
     # ------------------------------------------------------------------------------- offering
 
     def offer(self, block: Block) -> Offer:
-        """Validate ``block`` and apply it, hold it, or reject it (see the module docstring)."""
-        result, touched = self._offer_one(block, verified=False)
+        """Validate ``block`` and apply it, hold it, or reject it (see the module docstring).
+
+        A block that ``next_block`` of this very ledger built and signed (the same object) is
+        applied without verifying its signature again: this node made that signature with the
+        key the block names, a moment ago.  Every other node verifies it as usual, and every
+        other rule (height, previous, credits, balance, escrow, receipts) is checked here too.
+        Identity, not equality, is what counts: a decoded copy or a ``replace``d block is a
+        different object and is verified.
+        """
+        own = bool(self._built) and self._built.pop(block_hash(block), None) is block
+        result, touched = self._offer_one(block, verified=own)
         if touched and self._held:
             self._release(touched, result.applied)
         return result
@@ -303,12 +318,7 @@ class Ledger:
         return ""
 
     def _signature(self, b: Block) -> str:
-        acct = self._keys.get(b.public_key)
-        if acct is None:
-            acct = account_of_key(b.public_key)
-            if len(self._keys) < 65_536:
-                self._keys[b.public_key] = acct
-        if acct != b.account:
+        if self._account_of(b.public_key) != b.account:
             return "account is not blake3(public key)"
         if self.verify_signatures and not verify(b.public_key, block_hash(b), b.signature):
             return "bad signature"
@@ -387,20 +397,45 @@ class Ledger:
         return f"unknown block type {t}", own
 
     def _receipts(self, b: Block) -> list[tuple[bytes, Any]]:
-        """The evidence receipts whose signature verifies: (worker account, body)."""
+        """The evidence receipts whose signature verifies: (worker account, body).
+
+        A settle's receipts are checked when ``next_block`` builds it and again when it is
+        offered; the requester checked them once already (``receipts.verify_receipt``).  So:
+        the signature goes through ``sigcache.verify_once`` (a verification is remembered, see
+        its docstring), and a receipt that verified is kept decoded in a bounded LRU keyed by
+        blake3 of its exact bytes (a hit is the very bytes that verified; bodies are frozen).
+        """
         from inos_node.wire.delegation import decode_receipt_body
         from inos_node.wire.ledger import decode_receipt
 
         out = []
         for item in b.evidence:
+            key = blake3.blake3(item).digest()
+            known = self._evidence.get(key)
+            if known is not None:
+                self._evidence.move_to_end(key)
+                out.append(known)
+                continue
             try:
                 r = decode_receipt(item)
-                if not verify(r.public_key, r.body, r.signature):
+                if not verify_once(r.public_key, r.body, r.signature):
                     continue
-                out.append((account_of_key(r.public_key), decode_receipt_body(r.body)))
+                known = (self._account_of(r.public_key), decode_receipt_body(r.body))
             except ProtocolError:
                 continue
+            self._evidence[key] = known
+            if len(self._evidence) > _MAX_EVIDENCE_CACHE:
+                self._evidence.popitem(last=False)
+            out.append(known)
         return out
+
+    def _account_of(self, public_key: bytes) -> bytes:
+        acct = self._keys.get(public_key)
+        if acct is None:
+            acct = account_of_key(public_key)
+            if len(self._keys) < 65_536:
+                self._keys[public_key] = acct
+        return acct
 
     def _slash_rules(self, b: Block) -> str:
         offender = b.counterparty
@@ -593,7 +628,8 @@ class Ledger:
 
     def next_block(self, identity: Any, type: BlockType, **fields: Any) -> Block:  # noqa: A002
         """Build and sign ``identity``'s next block (height, previous, credits, balance and the
-        derived fields filled in); it is not applied: ``offer`` it.
+        derived fields filled in); it is not applied: ``offer`` it (then its signature, made
+        here, is not verified again: see ``offer``).
 
         Fields: amount, counterparty (account bytes or DID), job, timestamp_ms (the shell's clock;
         the core reads none), payments ((account|DID, amount) pairs or ``Payment``s), deadline_ms,
@@ -605,7 +641,7 @@ class Ledger:
             BlockRejected: the ledger would not accept the block (``reason`` says why), or it would
                 spend credits this node has seen taken back by a cut.
         """
-        account = account_of_key(identity.public_key)
+        account = self._account_of(identity.public_key)
         st = self._accounts.get(account)
         if st is not None and st.cut is not None:
             raise BlockRejected("account frozen: it cannot sign new blocks", reason="account frozen")
@@ -661,6 +697,9 @@ class Ledger:
         block = sign_block(Block(**fields_), identity.sign)
         if len(block._body) > MAX_BLOCK_BYTES:
             raise BlockRejected("block over the size limit", reason="too large")
+        if len(self._built) >= _MAX_BUILT:  # built but never offered: forget the oldest
+            del self._built[next(iter(self._built))]
+        self._built[block_hash(block)] = block
         return block
 
     # ------------------------------------------------------------------------------- queries

@@ -42,7 +42,35 @@ __all__ = ["LedgerNode", "ledger_topic_name", "unix_ms"]
 
 log = logging.getLogger(__name__)
 
-_BLOCK, _PROOF = b"B", b"P"
+_BLOCK, _PROOF, _BATCH = b"B", b"P", b"M"
+_BATCH_WINDOW_S = 0.02  # own blocks made within this window go out in one gossip message
+_BATCH_MAX = 64
+
+
+def encode_batch(items: list[bytes]) -> bytes:
+    """One gossip message carrying several items (each ``B`` + block or ``P`` + proof)."""
+    return _BATCH + b"".join(len(i).to_bytes(4, "little") + i for i in items)
+
+
+def decode_batch(data: bytes, *, max_items: int = _BATCH_MAX) -> list[bytes]:
+    """The items of a gossip message (a batch or a single item).
+
+    Raises:
+        RemoteProtocolError: a malformed batch (truncated, or more than ``max_items``).
+    """
+    if data[:1] != _BATCH:
+        return [data]
+    items, pos = [], 1
+    while pos < len(data):
+        if len(items) >= max_items or pos + 4 > len(data):
+            raise RemoteProtocolError(f"ledger batch: malformed or over {max_items} items")
+        size = int.from_bytes(data[pos:pos + 4], "little")
+        pos += 4
+        if size < 1 or pos + size > len(data):
+            raise RemoteProtocolError("ledger batch: an item overruns the message")
+        items.append(data[pos:pos + size])
+        pos += size
+    return items
 
 
 def unix_ms() -> int:
@@ -100,17 +128,13 @@ class LedgerNode:
 
     # ------------------------------------------------------------------ gossip topic
     def validate(self, data: bytes) -> bool:
-        """Cheap shape check for gossip (the ledger checks signatures and rules on offer)."""
+        """Cheap shape check for gossip: a batch of well-framed items of known kinds (the ledger
+        decodes them and checks signatures and rules on offer)."""
         try:
-            if data[:1] == _BLOCK:
-                decode_block(data[1:])
-            elif data[:1] == _PROOF:
-                decode_proof(data[1:])
-            else:
-                return False
+            items = decode_batch(data)
         except RemoteProtocolError:
             return False
-        return True
+        return bool(items) and all(i[:1] in (_BLOCK, _PROOF) and len(i) > 1 for i in items)
 
     def on_message(self, data: bytes, from_peer: str) -> None:
         try:
@@ -122,14 +146,21 @@ class LedgerNode:
     async def _consume(self) -> None:
         async for data, peer in self._inbox_recv:
             try:
-                if data[:1] == _PROOF:
-                    a, b = decode_proof(data[1:])
-                    await self._take(self.ledger.offer_proof(a, b), peer)
-                else:
-                    await self._take(self.ledger.offer(decode_block(data[1:])), peer)
-            except (RemoteProtocolError, LedgerError) as exc:
+                items = decode_batch(data)
+            except RemoteProtocolError as exc:
                 self.stats["rejected"] += 1
                 log.warning("ledger: a message from %s was not usable: %s", peer, exc)
+                continue
+            for item in items:
+                try:
+                    if item[:1] == _PROOF:
+                        a, b = decode_proof(item[1:])
+                        await self._take(self.ledger.offer_proof(a, b), peer)
+                    else:
+                        await self._take(self.ledger.offer(decode_block(item[1:])), peer)
+                except (RemoteProtocolError, LedgerError) as exc:
+                    self.stats["rejected"] += 1
+                    log.warning("ledger: a message from %s was not usable: %s", peer, exc)
 
     async def _take(self, offer: Offer, peer: str) -> None:
         """Persist what an offer applied; follow up gaps and equivocations."""
@@ -168,11 +199,19 @@ class LedgerNode:
             log.warning("ledger publish queue full: a block goes out by sync instead of gossip")
 
     async def _publisher(self) -> None:
-        async for data in self._publish_recv:
+        """Publish own blocks, coalescing those made within ``_BATCH_WINDOW_S`` into one message
+        (a paid job makes two blocks a millisecond apart: one message instead of two halves the
+        gossip work on every node; replication a few ms later costs nothing, since a worker gets
+        the requester's latest blocks with the request itself)."""
+        async for first in self._publish_recv:
+            batch = [first]
+            with trio.move_on_after(_BATCH_WINDOW_S):
+                while len(batch) < _BATCH_MAX:
+                    batch.append(await self._publish_recv.receive())
             if self._gossip is None:
                 continue
             try:
-                await self._gossip.publish(self.topic_name, data)
+                await self._gossip.publish(self.topic_name, batch[0] if len(batch) == 1 else encode_batch(batch))
             except Exception as exc:  # noqa: BLE001 - publishing is best effort; sync repairs
                 log.info("ledger: publish failed: %r", exc)
 
@@ -207,6 +246,8 @@ class LedgerNode:
                     return
             self.stats["synced"] += len(raws)
             height += len(raws)
+            if len(raws) < 64:  # a short page: that was the end of the chain
+                return
 
     async def sync_with(self, peer: str) -> None:
         """Compare heads with ``peer`` and fetch every chain where it is ahead (and its proofs)."""
@@ -224,9 +265,13 @@ class LedgerNode:
                 log.warning("ledger sync: bad proof from %s: %s", peer, exc)
         ours = self.ledger.heads()
         for head in resp.heads:
-            mine = ours.get(head.account, (0, b""))[0]
+            mine, my_head = ours.get(head.account, (0, b""))
             if head.height > mine:
                 await self._fetch_chain(peer, head.account, mine + 1)
+            elif head.height and head.head != self._hash_at(head.account, head.height):
+                # a different block at a height we both have: a fork (a healed partition, a cloned
+                # identity).  Fetch theirs from that height: the offer finds the equivocation.
+                await self._fetch_chain(peer, head.account, head.height)
 
     async def _sync_periodically(self) -> None:
         while True:
@@ -234,6 +279,12 @@ class LedgerNode:
             peers = self._peers()
             if peers:
                 await self.sync_with(random.choice(peers))
+
+    def _hash_at(self, account: bytes, height: int) -> bytes:
+        from inos_node.economy.model import block_hash
+
+        blocks = self.ledger.blocks_from(account, height, 1)
+        return block_hash(blocks[0]) if blocks else b""
 
     def sync_source(self) -> Any:
         from inos_node.net.ledger_sync import SyncSource
@@ -343,7 +394,14 @@ class LedgerNode:
         return done
 
     # ------------------------------------------------------------------ escrow (worker side)
-    async def accept_escrow(self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str) -> dict[str, Any]:
+    def chain_before(self, block: Block, count: int = 8) -> tuple[bytes, ...]:
+        """Our ``count`` blocks before ``block`` (encoded, oldest first): sent with a request so
+        a worker that has not yet heard them by gossip need not fetch them."""
+        start = max(1, block.height - count)
+        return tuple(encode_block(b) for b in self.ledger.blocks_from(self.account, start, block.height - start))
+
+    async def accept_escrow(self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str,
+                            chain: tuple[bytes, ...] = ()) -> dict[str, Any]:
         """Check the escrow lock that came with a request; returns the open escrow.
 
         Raises:
@@ -358,6 +416,19 @@ class LedgerNode:
         if block.type is not BlockType.ESCROW_LOCK or block.job != job or block.account != requester_key_account:
             raise LedgerError("escrow block is not an escrow_lock of this job by this requester")
         offer = self.ledger.offer(block)
+        if offer.outcome is Outcome.HELD and chain:  # the requester sent its latest blocks along
+            known = self.ledger.account(block.account)["height"]
+            first_height = block.height - len(chain)  # the chain is the blocks just before the lock
+            for i, prior in enumerate(chain[:16]):
+                if first_height + i <= known:
+                    continue  # we have it: skip without decoding
+                try:
+                    prior_block = decode_block(prior)
+                except RemoteProtocolError:
+                    break
+                if prior_block.account == block.account:
+                    await self._take(self.ledger.offer(prior_block), peer)
+            offer = self.ledger.offer(block)
         if offer.outcome is Outcome.HELD and offer.missing is not None:
             await self._fetch_chain(peer, *offer.missing)
             offer = self.ledger.offer(block)

@@ -8,11 +8,12 @@ Theory of operation
 accepted them, plus the equivocation proofs it knows and the requester's unfinished settlements::
 
     meta(key PRIMARY KEY, value)             network_id (hex): a file of another network is refused
-    blocks(seq PRIMARY KEY, hash UNIQUE,     the encoded, signed block (wire.ledger.encode_block);
+    blocks(seq PRIMARY KEY, hash,            the encoded, signed block (wire.ledger.encode_block);
            account, height, type, job, body) seq is the append order.  (account, height) is NOT
                                              unique: both branches of a fork are kept until cut.
-                                             No other index: queries are answered by the in-memory
-                                             Ledger, and every index is one more page per commit
+                                             No index, not even on hash (Rule 3): queries are
+                                             answered by the in-memory Ledger, and every index
+                                             is one more page per commit
     proofs(seq PRIMARY KEY, a, b)            equivocation proofs: the two encoded blocks
     settlements(job PRIMARY KEY, state, data)  jobs whose escrow this node still has to settle or
                                              refund; a restarted node finishes them
@@ -23,24 +24,47 @@ order into a fresh ``Ledger`` (signatures are not re-verified for this local, tr
 exactly when its row is committed.  One row per block and one transaction per batch make a crash
 leave either the whole block or nothing: no lost, duplicated or half-applied block.
 
-Rule 2: one writer thread owns the write connection.  Callers enqueue requests on a bounded queue
-and wait until the transaction holding theirs has committed.  The writer takes everything queued
-at that moment (up to ``max_batch``) into ONE transaction: group commit.  While one commit is in
-flight the next batch gathers, so under load the cost of a commit (an fsync with
-``synchronous="full"``) is shared by every waiter, and a lone append pays one commit.
+Rule 2: group commit with a leader.  Whoever commits holds ``_busy``; the others queue (FIFO,
+bounded) and wait until the transaction holding their write has committed.
 
-    trio task ──append()──▶ bounded queue ──▶ writer thread: BEGIN; INSERT ×k; COMMIT
-        ▲                                            │
-        └───────── token.run_sync_soon(event.set) ◀──┘  (one wake-up per trio run per batch)
+  * Idle store (nothing queued, nobody committing): the caller commits its write itself, on its
+    own thread, with no hand-off.  A thread does so at once.  A trio task (``synchronous=
+    "normal"`` only) first yields once, so that the tasks that are ready queue their writes
+    behind it, then commits them all in ONE transaction on the event loop.  A WAL commit
+    without fsync costs about as much as a thread hand-off (tens of microseconds), so the
+    loop is blocked no longer than a round trip to a writer thread would take.
+  * Busy store: the write queues; the writer thread takes everything queued (up to
+    ``max_batch``) into one transaction when the current commit ends: group commit under load.
+  * ``synchronous="full"`` (an fsync per commit): trio tasks never commit on the loop; their
+    writes always go to the writer thread.
+  * Another connection holds the file's write lock: a trio leader does not wait on the loop; its
+    batch goes back to the head of the queue and the writer thread waits for the lock.
+
+    idle:  append() ─▶ [yield once] ─▶ BEGIN; INSERT ×k; COMMIT (caller's thread) ─▶ wake the k
+    busy:  append() ─▶ bounded queue ─▶ writer thread: BEGIN; INSERT ×k; COMMIT
+              ▲                                            │
+              └──── token.run_sync_soon(event.set) ◀───────┘  (one wake-up per trio run per batch)
+
+SQLite's automatic checkpoint (which fsyncs the database file) is off on the write connection,
+so no commit, on the loop or not, runs one; the writer thread checkpoints every
+``_CHECKPOINT_EVERY`` commits, between commits.
+
+A lone write of one statement runs in SQLite's implicit transaction (one call instead of
+BEGIN, INSERT, COMMIT); it is just as atomic and durable.
+
+Rule 3: the store remembers the hashes it holds (a set loaded on open), so a block already
+stored is skipped without a UNIQUE index on ``hash``: that index would write a second b-tree
+page on every commit.  Files written with the index (before this rule) keep it and still work.
 
 Durability: WAL with ``synchronous="normal"`` (the default) makes a committed append survive the
 process being killed at any moment (SIGKILL, OOM); a power cut may lose the last commits but never
 corrupts the file.  ``synchronous="full"`` fsyncs the WAL on every commit, so a committed append
 also survives a power cut, at the price of one fsync per batch.
 
-Order: writes commit in the order they reach the queue.  From one trio run that is the order of
-the ``append`` calls, even while the queue is full, so a block is never durable before a block
-it depends on that was appended earlier (its own predecessor, a transfer that credits it).
+Order: writes commit in the order they reach the queue, and a caller leads only when the queue
+is empty and nobody commits, so every earlier write has committed.  From one trio run that is
+the order of the ``append`` calls, even while the queue is full, so a block is never durable
+before a block it depends on that was appended earlier (its predecessor, a credit it spends).
 
 Readers (``load``, ``owed``, ``blocks_raw``) open their own connections: WAL lets them read a
 consistent snapshot while the writer appends.
@@ -49,10 +73,10 @@ consistent snapshot while the writer appends.
 from __future__ import annotations
 
 import _thread
+import collections
 import contextlib
 import logging
 import os
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -75,12 +99,14 @@ log = logging.getLogger(__name__)
 
 FILE_NAME = "ledger.sqlite3"
 SCHEMA_VERSION = 1
+_LOCK_WAIT_MS = 30_000  # how long a write waits for another connection's write lock
+_CHECKPOINT_EVERY = 256  # commits between WAL checkpoints (run by the writer thread)
 Synchronous = Literal["normal", "full"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks(
-    seq INTEGER PRIMARY KEY, hash BLOB NOT NULL UNIQUE, account BLOB NOT NULL,
+    seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, account BLOB NOT NULL,
     height INTEGER NOT NULL, type INTEGER NOT NULL, job TEXT NOT NULL, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS proofs(seq INTEGER PRIMARY KEY, a BLOB NOT NULL, b BLOB NOT NULL, UNIQUE(a, b));
 CREATE TABLE IF NOT EXISTS settlements(job TEXT PRIMARY KEY, state TEXT NOT NULL, data BLOB NOT NULL);
@@ -120,9 +146,10 @@ _Statements = tuple[tuple[str, tuple[Any, ...]], ...]
 
 
 class _Request:
-    """One caller's write, and how to wake it: a pre-locked lock (threads) or a trio event."""
+    """One caller's write, and how to wake it: a pre-locked lock (threads) or a trio event.
+    ``slot``: it holds one of the queue's slots (released when it commits)."""
 
-    __slots__ = ("error", "event", "lock", "result", "statements", "token")
+    __slots__ = ("error", "event", "lock", "result", "slot", "statements", "token")
 
     def __init__(self, statements: _Statements) -> None:
         self.statements = statements
@@ -131,9 +158,7 @@ class _Request:
         self.lock: Any = None
         self.token: trio.lowlevel.TrioToken | None = None
         self.event: trio.Event | None = None
-
-
-_CLOSE = _Request(())
+        self.slot = False
 
 
 def _set_all(events: list[trio.Event]) -> None:
@@ -162,15 +187,27 @@ class LedgerStore:
         self.network_id = network_id
         self.synchronous = synchronous
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        # Trio callers may commit on the event loop only when a commit costs no fsync.
+        self._trio_leads = synchronous == "normal"
+        self._cond = threading.Condition(threading.Lock())  # guards the four fields below
+        self._pending: collections.deque[_Request] = collections.deque()
+        self._busy = False  # a leader or the writer thread holds the connection
+        self._closed = False
         self._slots = threading.BoundedSemaphore(max_queue)
         self._room = trio.Lock()
-        self._closed = False
-        self._close_lock = threading.Lock()
         self._commits = 0
         self._writes = 0
         self._largest_batch = 0
+        # busy_timeout 0: a leader never waits on another connection's lock; the writer thread does
         self._conn = _connect(path, synchronous, check_same_thread=False)
+        self._conn.execute("PRAGMA busy_timeout = 0")
+        # No checkpoint inside a commit (with it, a commit on the event loop could fsync):
+        # the writer thread checkpoints every _CHECKPOINT_EVERY commits instead.
+        self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._checkpoint_due = False
+        self._checkpointed_at = 0
+        # The hashes stored, to skip duplicates (Rule 3).  Only the committing thread uses it.
+        self._stored = {bytes(h) for (h,) in self._conn.execute("SELECT hash FROM blocks")}
         self._thread = threading.Thread(target=self._writer, name=f"ledger-store:{path.name}", daemon=True)
         self._thread.start()
 
@@ -229,7 +266,11 @@ class LedgerStore:
         escrow_lock with the job it opens, a settle or refund with the job it closes), so a crash
         never leaves one without the other.
 
-        Cancellation: cancelling the wait does not cancel the write; it may still commit.
+        With ``synchronous="normal"`` an idle store commits on the event loop (Rule 2): the
+        loop is blocked for one WAL commit, about as long as a few context switches.
+
+        Cancellation: a caller cancelled before this call writes nothing; cancelling the wait
+        does not cancel the write, it may still commit.
         Raises:
             StoreError: the store is closed or the commit failed.
         """
@@ -262,111 +303,274 @@ class LedgerStore:
 
     def _wait(self, statements: _Statements) -> int:
         req = _Request(statements)
-        req.lock = _thread.allocate_lock()
-        req.lock.acquire()
-        self._slots.acquire()
-        self._enqueue(req)
-        req.lock.acquire()
+        with self._cond:
+            self._check_open()
+            lead = not (self._busy or self._pending or self._checkpoint_due)
+            if lead:
+                self._busy = True
+        if lead:  # idle: commit it on this thread, no hand-off (it may wait for the file's lock)
+            try:
+                self._commit([req], wait=True)
+            finally:
+                self._release()
+        else:
+            req.lock = _thread.allocate_lock()
+            req.lock.acquire()
+            self._slots.acquire()
+            req.slot = True
+            self._enqueue(req)
+            req.lock.acquire()
         if req.error is not None:
             raise req.error
         return req.result
 
     async def _await(self, statements: _Statements) -> int:
+        await trio.lowlevel.checkpoint_if_cancelled()
         req = _Request(statements)
-        req.token = trio.lowlevel.current_trio_token()
+        req.token = token = trio.lowlevel.current_trio_token()
         req.event = trio.Event()
         if self._room.locked() or not self._slots.acquire(blocking=False):
             # The queue is full: wait for room on a thread, not on the event loop.  trio.Lock is
-            # FIFO, so the writes of this trio run still reach the queue in call order.
+            # FIFO (and stays locked while it has waiters), so the writes of this trio run still
+            # reach the queue in call order, and no later call leads past them.
             async with self._room:
                 await trio.to_thread.run_sync(self._slots.acquire, abandon_on_cancel=False)
+                req.slot = True
                 self._enqueue(req)
         else:
-            self._enqueue(req)
+            req.slot = True
+            with self._cond:
+                self._check_open(req)
+                lead = self._trio_leads and not (self._busy or self._pending or self._checkpoint_due)
+                self._busy = self._busy or lead
+                self._pending.append(req)
+                if not self._busy:
+                    self._cond.notify()
+            if lead:
+                # Let the tasks that are ready run first: their appends queue behind this one and
+                # go into the same transaction (group commit on the loop, no thread hand-off).
+                try:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                except BaseException:  # KeyboardInterrupt: leave the queue to the writer thread
+                    with self._cond:
+                        self._busy = False
+                        self._cond.notify()
+                    raise
+                with self._cond:
+                    batch = [self._pending.popleft() for _ in range(min(len(self._pending), self._max_batch))]
+                self._lead(batch, wait=False, here=token)
+                if req.event.is_set():
+                    if req.error is not None:
+                        raise req.error
+                    return req.result
         await req.event.wait()
         if req.error is not None:
             raise req.error
         return req.result
 
-    def _enqueue(self, req: _Request) -> None:
-        # Under the close lock, so that the close marker is the last request the writer ever sees.
-        with self._close_lock:
-            if self._closed:
+    def _check_open(self, req: _Request | None = None) -> None:
+        """Under ``_cond``: refuse a write to a closed store."""
+        if self._closed:
+            if req is not None and req.slot:
                 self._slots.release()
-                raise StoreError(f"{self.path}: the ledger store is closed", path=str(self.path))
-            self._queue.put(req)
+            raise StoreError(f"{self.path}: the ledger store is closed", path=str(self.path))
+
+    def _enqueue(self, req: _Request) -> None:
+        with self._cond:
+            self._check_open(req)
+            self._pending.append(req)
+            if not self._busy:
+                self._cond.notify()
+
+    def _lead(self, batch: list[_Request], *, wait: bool, here: trio.lowlevel.TrioToken | None) -> None:
+        """Commit ``batch`` (the oldest pending writes) on the calling thread; this caller has
+        set ``_busy``.  When the file is locked by another connection and ``wait`` is False, the
+        batch goes back to the head of the queue and the writer thread waits for the lock."""
+        try:
+            done = self._commit(batch, wait=wait)
+        except BaseException as exc:  # e.g. KeyboardInterrupt on the loop: fail the batch, not hang it
+            for req in batch:
+                req.error = StoreError(f"{self.path}: write interrupted: {exc!r}", path=str(self.path))
+            self._finish(batch, here)
+            raise
+        if done:
+            self._finish(batch, here)
+            return
+        with self._cond:
+            self._pending.extendleft(reversed(batch))
+            self._busy = False
+            self._cond.notify()
+
+    def _finish(self, batch: list[_Request], here: trio.lowlevel.TrioToken | None) -> None:
+        """Release the connection, then wake the batch and free its queue slots."""
+        self._release()
+        self._wake(batch, here)
+        slots = sum(1 for req in batch if req.slot)
+        if slots:
+            self._slots.release(slots)
+
+    def _release(self) -> None:
+        """Clear ``_busy``; call the writer thread if writes queued meanwhile or a checkpoint is due."""
+        with self._cond:
+            self._busy = False
+            if self._commits - self._checkpointed_at >= _CHECKPOINT_EVERY:
+                self._checkpoint_due = True
+            if self._pending or self._closed or self._checkpoint_due:
+                self._cond.notify()
 
     # ------------------------------------------------------------------ the writer thread
     def _writer(self) -> None:
+        """Commits what queued while someone else was committing (group commit under load), and
+        every write of a trio caller with ``synchronous="full"``."""
         try:
             while True:
-                batch = [self._queue.get()]
-                while len(batch) < self._max_batch:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                closing = batch[-1] is _CLOSE  # the close marker is always the last request
-                work = batch[:-1] if closing else batch
-                if work:
-                    self._commit(work)
-                    self._wake(work)
-                    self._slots.release(len(work))
-                if closing:
-                    return
+                with self._cond:
+                    while self._busy or not (self._pending or self._closed or self._checkpoint_due):
+                        self._cond.wait()
+                    checkpoint = self._checkpoint_due  # first, then what queued behind it
+                    if not (checkpoint or self._pending):  # closed, and everything committed
+                        return
+                    self._busy = True
+                    n = 0 if checkpoint else min(len(self._pending), self._max_batch)
+                    batch = [self._pending.popleft() for _ in range(n)]
+                if checkpoint:
+                    self._checkpoint()
+                    continue
+                self._commit(batch, wait=True)
+                self._finish(batch, None)
         except BaseException as exc:
             # A bug in the writer: fail every waiter instead of leaving it hanging, then re-raise.
-            with self._close_lock:
-                self._closed = True
             err = StoreError(f"{self.path}: the ledger writer stopped: {exc!r}", path=str(self.path))
-            leftovers = []
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    leftovers.append(self._queue.get_nowait())
+            with self._cond:
+                self._closed = True
+                leftovers = list(self._pending)
+                self._pending.clear()
             for req in leftovers:
                 req.error = err
-            self._wake([r for r in leftovers if r is not _CLOSE])
+            self._wake(leftovers, None)
             raise
         finally:
             self._conn.close()
 
-    def _commit(self, batch: list[_Request]) -> None:
-        conn = self._conn
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database file (PASSIVE: never waits for readers); holds _busy."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for req in batch:
-                req.result = _execute(conn, req.statements)
-            conn.execute("COMMIT")
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            log.warning("ledger store checkpoint failed (retried later): %s", exc)
+        finally:
+            with self._cond:
+                self._checkpoint_due = False
+                self._checkpointed_at = self._commits
+                self._busy = False  # (the writer loop then commits what queued meanwhile)
+
+    def _locked(self, step: Callable[[], object], wait: bool) -> bool:
+        """Run ``step`` (the transaction's first write); False if another connection holds the
+        file's write lock and not ``wait``, else wait for it (up to ``_LOCK_WAIT_MS``)."""
+        try:
+            step()
+            return True
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+            if not wait:
+                return False
+        self._conn.execute(f"PRAGMA busy_timeout = {_LOCK_WAIT_MS}")
+        try:
+            step()
+        finally:
+            self._conn.execute("PRAGMA busy_timeout = 0")
+        # No checkpoint inside a commit (with it, a commit on the event loop could fsync):
+        # the writer thread checkpoints every _CHECKPOINT_EVERY commits instead.
+        self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._checkpoint_due = False
+        self._checkpointed_at = 0
+        return True
+
+    def _commit(self, batch: list[_Request], *, wait: bool = True) -> bool:
+        """One transaction for ``batch``; False (nothing done) if the file is locked and not ``wait``."""
+        conn = self._conn
+        added: list[bytes] = []
+        try:
+            if len(batch) == 1 and len(batch[0].statements) == 1:
+                # One statement (a lone append): SQLite's implicit transaction commits it; one
+                # call into SQLite instead of three.
+                req = batch[0]
+
+                def lone() -> None:
+                    req.result = self._execute(req.statements, added)
+
+                if not self._locked(lone, wait):
+                    return False
+            else:
+                if not self._locked(lambda: conn.execute("BEGIN IMMEDIATE"), wait):
+                    return False
+                for req in batch:
+                    req.result = self._execute(req.statements, added)
+                conn.execute("COMMIT")
             self._commits += 1
         except sqlite3.Error:
+            self._stored.difference_update(added)
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             if len(batch) > 1:  # isolate the bad write: commit each on its own
                 for req in batch:
                     self._commit([req])
-                return
+                return True
             self._fail(batch[0])
-            return
+            return True
+        except BaseException:
+            self._stored.difference_update(added)
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
         self._writes += len(batch)
         self._largest_batch = max(self._largest_batch, len(batch))
+        return True
 
     def _fail(self, req: _Request) -> None:
+        added: list[bytes] = []
         try:
             with self._conn:
-                req.result = _execute(self._conn, req.statements)
+                req.result = self._execute(req.statements, added)
             self._commits += 1
             self._writes += 1
         except sqlite3.Error as exc:
+            self._stored.difference_update(added)
             log.error("ledger store write failed: %s", exc)
             req.error = StoreError(f"{self.path}: write failed: {exc}", path=str(self.path))
 
+    def _execute(self, statements: _Statements, added: list[bytes]) -> int:
+        """Run one write's statements; a block already stored is skipped (rowcount 0).  The
+        hashes inserted go into ``added`` (taken out of ``_stored`` again on a rollback)."""
+        result = -1
+        for sql, params in statements:
+            if sql is _INSERT_BLOCK:
+                if params[0] in self._stored:
+                    rowcount = 0
+                else:
+                    rowcount = self._conn.execute(sql, params).rowcount
+                    self._stored.add(params[0])
+                    added.append(params[0])
+            else:
+                rowcount = self._conn.execute(sql, params).rowcount
+            if result < 0:
+                result = rowcount
+        return max(result, 0)
+
     @staticmethod
-    def _wake(batch: list[_Request]) -> None:
+    def _wake(batch: list[_Request], here: trio.lowlevel.TrioToken | None) -> None:
+        """Wake each waiter: release a thread's lock; set a trio task's event directly when this
+        is its trio thread (``here``), else through its run's token (one call per run)."""
         by_token: dict[trio.lowlevel.TrioToken, list[trio.Event]] = {}
         for req in batch:
-            if req.token is not None and req.event is not None:
-                by_token.setdefault(req.token, []).append(req.event)
-            else:
+            if req.event is not None:
+                if req.token is here:
+                    req.event.set()
+                else:
+                    by_token.setdefault(cast(trio.lowlevel.TrioToken, req.token), []).append(req.event)
+            elif req.lock is not None:
                 req.lock.release()
         for token, events in by_token.items():
             with contextlib.suppress(trio.RunFinishedError):
@@ -378,13 +582,9 @@ class LedgerStore:
 
         Blocks until the queue is flushed: from trio, call ``await store.aclose()``.
         """
-        with self._close_lock:
-            if self._closed:
-                self._thread.join()
-                return
+        with self._cond:
             self._closed = True
-            if self._thread.is_alive():
-                self._queue.put(_CLOSE)
+            self._cond.notify()
         self._thread.join()
 
     async def aclose(self) -> None:
@@ -462,19 +662,13 @@ def _proof_statements(a: Block | bytes, b: Block | bytes) -> _Statements:
     return ((_INSERT_PROOF, (raw[0], raw[1])),)
 
 
-def _execute(conn: sqlite3.Connection, statements: _Statements) -> int:
-    result = -1
-    for sql, params in statements:
-        rowcount = conn.execute(sql, params).rowcount
-        if result < 0:
-            result = rowcount
-    return max(result, 0)
 
 
 def _connect(path: Path, synchronous: str, *, check_same_thread: bool) -> sqlite3.Connection:
     try:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (one transaction per batch).
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread, timeout=30.0)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread,
+                               timeout=_LOCK_WAIT_MS / 1000)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     except sqlite3.Error as exc:

@@ -384,7 +384,8 @@ class DelegationClient:
         return self._core.in_flight(peer_id)
 
     async def request(
-        self, peer_id: str, run: JobRequest, *, input_digest: bytes, deadline_unix_ms: int, escrow: bytes = b""
+        self, peer_id: str, run: JobRequest, *, input_digest: bytes, deadline_unix_ms: int, escrow: bytes = b"",
+        escrow_chain: tuple[bytes, ...] = (),
     ) -> DelegateResponse:
         """Run ``run`` on ``peer_id`` and return its answer (any status: check ``result.status``).
 
@@ -405,7 +406,8 @@ class DelegationClient:
         """
         rid = self._core.next_request_id()
         payload = encode_delegate_request(
-            DelegateRun(rid, run, input_digest, self._local, deadline_unix_ms, escrow), max_bytes=self._max_frame
+            DelegateRun(rid, run, input_digest, self._local, deadline_unix_ms, escrow, escrow_chain),
+            max_bytes=self._max_frame
         )
         local = self._local
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import blake3
 import trio
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
@@ -172,6 +173,17 @@ class GossipStatistics:
     publish_errors: int
 
 
+def message_id(msg: Any) -> bytes:
+    """GossipSub's message id: sender, sequence number AND a digest of the content.
+
+    py-libp2p's default (sender + seqno, the seqno starting at the clock's seconds) makes two
+    publishers with one identity (a cloned data dir, started in the same second) produce equal
+    ids for different messages, and relays would drop the second as already seen: exactly the
+    equivocation the ledger must hear about.
+    """
+    return bytes(msg.from_id) + bytes(msg.seqno) + blake3.blake3(bytes(msg.data)).digest()[:16]
+
+
 def _guarded_stream_handler(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
     async def guarded(stream: Any) -> None:
         try:
@@ -260,7 +272,8 @@ class Gossip:
         ``run`` (it waits for room).
         """
         router = self._make_router()
-        pubsub = Pubsub(self._host, router, strict_signing=True, seen_ttl=self.config.seen_ttl_s)
+        pubsub = Pubsub(self._host, router, strict_signing=True, seen_ttl=self.config.seen_ttl_s,
+                        msg_id_constructor=message_id)
         # Pubsub's inbound stream handler runs in the swarm, not in pubsub's service: an error
         # there (e.g. a message arriving while pubsub stops: "Nursery is closed to new
         # arrivals") would take the host down (P7).  Guard it, and unregister it on exit.

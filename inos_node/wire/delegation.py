@@ -89,6 +89,7 @@ class DelegateRun:
     requester: str = ""
     deadline_unix_ms: int = 0
     escrow: bytes = b""  # the encoded escrow_lock block paying for this job (networks with a ledger)
+    escrow_chain: tuple[bytes, ...] = ()  # the requester's encoded blocks just before the lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +187,10 @@ def encode_delegate_request(req: DelegateRequest, *, max_bytes: int = DEFAULT_MA
         m.inputDigest = req.input_digest
         if req.escrow:
             m.escrow = req.escrow
+        if req.escrow_chain:
+            chain = m.init("escrowChain", len(req.escrow_chain))
+            for i, raw in enumerate(req.escrow_chain):
+                chain[i] = raw
     else:
         m.cancel = None
     return finish(m, "delegate request", max_bytes)
@@ -208,6 +213,7 @@ def _read_delegate_request(r: Any) -> DelegateRequest:
         deadline_unix_ms=r.deadlineUnixMs,
         input_digest=digest,
         escrow=bytes(r.escrow),
+        escrow_chain=tuple(bytes(x) for x in r.escrowChain),
     )
 
 

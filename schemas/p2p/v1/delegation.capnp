@@ -19,6 +19,8 @@ struct DelegateRequest {
   inputDigest @5 :Data;             # blake3 of the input bytes (always set for run)
   escrow @6 :Data;                  # on a network with a ledger: the requester's signed
                                     # escrow_lock block for this job (economy/v1/ledger.capnp Block)
+  escrowChain @7 :List(Data);       # the requester's blocks just before the lock (oldest first):
+                                    # a worker that has not heard of them yet applies them first
 }
 
 struct Receipt {

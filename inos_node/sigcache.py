@@ -1,0 +1,73 @@
+"""Ed25519 verifications already done: a small bounded cache, so a receipt is verified once.
+
+A paid job's receipt is checked by the requester when the result arrives
+(``receipts.verify_receipt``), then again by its ledger when it builds the settle that carries
+the receipt as evidence, and again when it applies that settle.  ``verify_once`` answers the
+second and third checks from memory.
+
+Why this is safe: an entry is made only after ``identity.verify`` returned True, and it is
+keyed by blake3 over the exact (public key, signature, message) bytes, lengths included, so a
+hit means these very bytes verified before.  Ed25519 verification is a pure function of those
+bytes, so the remembered answer is the answer a fresh check would give.  Failures are not
+remembered (nothing an attacker sends can add an entry without a valid signature), and the
+cache is a bounded LRU: flooding it only evicts, which costs a re-verification, never a wrong
+answer.  Thread-safe (one lock around the dict).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections import OrderedDict
+
+import blake3
+
+from inos_node.identity import verify
+
+__all__ = ["VerifiedCache", "verify_once"]
+
+_LENGTHS = struct.Struct("<HH")
+
+
+class VerifiedCache:
+    """The last ``size`` (public key, message, signature) triples that verified."""
+
+    def __init__(self, size: int = 4096) -> None:
+        if size < 1:
+            raise ValueError(f"VerifiedCache size must be >= 1, got {size}")
+        self.size = size
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
+        """``identity.verify``, answered from memory when these bytes verified before."""
+        if len(public_key) > 0xFFFF or len(signature) > 0xFFFF:
+            return False
+        key = blake3.blake3(_LENGTHS.pack(len(public_key), len(signature)) + public_key + signature
+                            + message).digest()
+        with self._lock:
+            if key in self._seen:
+                self._seen.move_to_end(key)
+                self.hits += 1
+                return True
+            self.misses += 1
+        if not verify(public_key, message, signature):
+            return False
+        with self._lock:
+            self._seen[key] = None
+            if len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+_RECEIPTS = VerifiedCache(4096)
+
+
+def verify_once(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Verify through the process-wide cache of receipt signatures."""
+    return _RECEIPTS.verify(public_key, message, signature)
