@@ -109,7 +109,8 @@ class Mesh:
                     self.ledger_sync = LedgerSyncClient(host)
                     await n.start(self.ledger_sync.run)
                     economy.attach(self.gossip, self.ledger_sync,
-                                   lambda: sorted(self.connected() & set(self.gate.verified_peers())))
+                                   lambda: sorted(self.connected() & set(self.gate.verified_peers())),
+                                   self_peer=self.peer_id)
                     await n.start(economy.run)
                 self.server = DelegationServer(host, self._serve, max_concurrent=cfg.max_jobs, admit=self.gate.admit)
                 await n.start(self.server.run)

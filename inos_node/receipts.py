@@ -21,6 +21,7 @@ from typing import Any
 
 import blake3
 
+from inos_node import sigcache
 from inos_node.errors import RemoteProtocolError
 from inos_node.identity import Identity
 from inos_node.net.host import peer_id_from_public_key
@@ -38,7 +39,9 @@ class ReceiptInvalid(RemoteProtocolError):
 def sign_body(identity: Identity, body: ReceiptBody) -> Receipt:
     """Sign ``body``'s canonical bytes with the worker's key (its peer id derives from the key)."""
     raw = encode_receipt_body(body)
-    return Receipt(body=raw, signature=identity.sign(raw), public_key=identity.public_key)
+    signature = identity.sign(raw)
+    sigcache.remember_own(identity.public_key, raw, signature)  # our settle carrying it comes back
+    return Receipt(body=raw, signature=signature, public_key=identity.public_key)
 
 
 def open_receipt(receipt: Receipt, *, worker_peer_id: str | None = None) -> ReceiptBody:

@@ -24,7 +24,7 @@ import blake3
 
 from inos_node.identity import verify
 
-__all__ = ["VerifiedCache", "verify_once"]
+__all__ = ["VerifiedCache", "remember_own", "verify_once"]
 
 _LENGTHS = struct.Struct("<HH")
 
@@ -41,12 +41,27 @@ class VerifiedCache:
         self.hits = 0
         self.misses = 0
 
+    @staticmethod
+    def _key(public_key: bytes, message: bytes, signature: bytes) -> bytes:
+        return blake3.blake3(_LENGTHS.pack(len(public_key), len(signature)) + public_key + signature
+                             + message).digest()
+
+    def remember(self, public_key: bytes, message: bytes, signature: bytes) -> None:
+        """Record a signature this process just MADE with the key's secret half (valid by
+        construction: a worker's own receipt need not be verified when its settle comes back)."""
+        if len(public_key) > 0xFFFF or len(signature) > 0xFFFF:
+            return
+        key = self._key(public_key, message, signature)
+        with self._lock:
+            self._seen[key] = None
+            if len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+
     def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
         """``identity.verify``, answered from memory when these bytes verified before."""
         if len(public_key) > 0xFFFF or len(signature) > 0xFFFF:
             return False
-        key = blake3.blake3(_LENGTHS.pack(len(public_key), len(signature)) + public_key + signature
-                            + message).digest()
+        key = self._key(public_key, message, signature)
         with self._lock:
             if key in self._seen:
                 self._seen.move_to_end(key)
@@ -71,3 +86,8 @@ _RECEIPTS = VerifiedCache(4096)
 def verify_once(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """Verify through the process-wide cache of receipt signatures."""
     return _RECEIPTS.verify(public_key, message, signature)
+
+
+def remember_own(public_key: bytes, message: bytes, signature: bytes) -> None:
+    """See ``VerifiedCache.remember``: only for signatures made by this process."""
+    _RECEIPTS.remember(public_key, message, signature)

@@ -93,6 +93,7 @@ class Block:
     signature: bytes = b""
     _body: bytes = field(default=b"", init=False, repr=False, compare=False)
     _hash: bytes = field(default=b"", init=False, repr=False, compare=False)
+    _wire: bytes = field(default=b"", init=False, repr=False, compare=False)  # the encoded Block, once made
 
 
 _encode_body: Any = None

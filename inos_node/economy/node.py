@@ -24,11 +24,13 @@ import json
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import blake3
 import trio
 
 from inos_node.economy.genesis import Genesis
@@ -43,7 +45,7 @@ __all__ = ["LedgerNode", "ledger_topic_name", "unix_ms"]
 log = logging.getLogger(__name__)
 
 _BLOCK, _PROOF, _BATCH = b"B", b"P", b"M"
-_BATCH_WINDOW_S = 0.02  # own blocks made within this window go out in one gossip message
+_BATCH_WINDOW_S = 0.1  # own blocks made within this window go out in one gossip message
 _BATCH_MAX = 64
 
 
@@ -94,11 +96,15 @@ class LedgerNode:
         self.ledger: Ledger = None  # type: ignore[assignment]
         self.store: LedgerStore = None  # type: ignore[assignment]
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[tuple[bytes, str]](inbox)
+        self._persist_send, self._persist_recv = trio.open_memory_channel[Block](inbox)
         self._publish_send, self._publish_recv = trio.open_memory_channel[bytes](inbox)
         self._sync_send, self._sync_recv = trio.open_memory_channel[tuple[str, bytes, int]](256)
         self._gossip: Any = None
         self._sync_client: Any = None
         self._peers: Callable[[], list[str]] = list
+        self._self_peer = ""
+        self._published: OrderedDict[bytes, None] = OrderedDict()  # digests of our last messages
+        self._wire_seen: OrderedDict[bytes, None] = OrderedDict()  # digests of applied blocks' wire bytes
         self.changed = trio.Event()  # set (and replaced) whenever the ledger changes
         self.stats = {"applied": 0, "held": 0, "rejected": 0, "duplicates": 0, "equivocations": 0,
                       "dropped": 0, "synced": 0}
@@ -115,12 +121,14 @@ class LedgerNode:
         finally:
             await self.store.aclose()
 
-    def attach(self, gossip: Any, sync_client: Any, peers: Callable[[], list[str]]) -> None:
+    def attach(self, gossip: Any, sync_client: Any, peers: Callable[[], list[str]], self_peer: str = "") -> None:
         self._gossip, self._sync_client, self._peers = gossip, sync_client, peers
+        self._self_peer = self_peer
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as n:
             n.start_soon(self._consume)
+            n.start_soon(self._persister)
             n.start_soon(self._publisher)
             n.start_soon(self._syncer)
             n.start_soon(self._sync_periodically)
@@ -137,6 +145,8 @@ class LedgerNode:
         return bool(items) and all(i[:1] in (_BLOCK, _PROOF) and len(i) > 1 for i in items)
 
     def on_message(self, data: bytes, from_peer: str) -> None:
+        if from_peer == self._self_peer and blake3.blake3(data).digest() in self._published:
+            return  # our own publication delivered back to us (a clone of our key publishes others)
         try:
             self._inbox_send.send_nowait((data, from_peer))
         except trio.WouldBlock:
@@ -152,6 +162,9 @@ class LedgerNode:
                 log.warning("ledger: a message from %s was not usable: %s", peer, exc)
                 continue
             for item in items:
+                if item[:1] == _BLOCK and self._seen_wire(item[1:]):
+                    self.stats["duplicates"] += 1  # already applied (e.g. it came with a request)
+                    continue
                 try:
                     if item[:1] == _PROOF:
                         a, b = decode_proof(item[1:])
@@ -162,11 +175,29 @@ class LedgerNode:
                     self.stats["rejected"] += 1
                     log.warning("ledger: a message from %s was not usable: %s", peer, exc)
 
-    async def _take(self, offer: Offer, peer: str) -> None:
-        """Persist what an offer applied; follow up gaps and equivocations."""
+    async def _persister(self) -> None:
+        """Store peers' blocks in the order they were applied, off the caller's path (a worker
+        checking an escrow need not wait for the disk: a block lost in a crash is fetched again
+        from its author or any peer; our OWN blocks are always durable before anyone sees them)."""
+        async for block in self._persist_recv:
+            try:
+                await self.store.append(block)
+            except LedgerError as exc:
+                log.error("ledger: could not store a peer's block (sync will fetch it again): %s", exc)
+
+    async def _take(self, offer: Offer, peer: str, *, durable: bool = False) -> None:
+        """Persist what an offer applied (now, or in the background when not ``durable``);
+        follow up gaps and equivocations."""
         out = offer.outcome
         for block in offer.applied:
-            await self.store.append(block)
+            self._note_wire(block)
+            if durable:
+                await self.store.append(block)
+            else:
+                try:
+                    self._persist_send.send_nowait(block)
+                except trio.WouldBlock:
+                    await self.store.append(block)
         if offer.applied:
             self.stats["applied"] += len(offer.applied)
             self._changed()
@@ -187,6 +218,16 @@ class LedgerNode:
                             did_of_account(a.account), a.height)
                 self._queue_publish(_PROOF + encode_proof(a, b))
             self._changed()
+
+    def _note_wire(self, block: Block) -> None:
+        """Remember the wire bytes of an applied block, so a gossiped copy is skipped undecoded."""
+        if block._wire:
+            self._wire_seen[blake3.blake3(block._wire).digest()] = None
+            while len(self._wire_seen) > 8192:
+                self._wire_seen.popitem(last=False)
+
+    def _seen_wire(self, wire: bytes) -> bool:
+        return blake3.blake3(wire).digest() in self._wire_seen
 
     def _changed(self) -> None:
         self.changed.set()
@@ -210,8 +251,12 @@ class LedgerNode:
                     batch.append(await self._publish_recv.receive())
             if self._gossip is None:
                 continue
+            message = batch[0] if len(batch) == 1 else encode_batch(batch)
+            self._published[blake3.blake3(message).digest()] = None
+            while len(self._published) > 256:
+                self._published.popitem(last=False)
             try:
-                await self._gossip.publish(self.topic_name, batch[0] if len(batch) == 1 else encode_batch(batch))
+                await self._gossip.publish(self.topic_name, message)
             except Exception as exc:  # noqa: BLE001 - publishing is best effort; sync repairs
                 log.info("ledger: publish failed: %r", exc)
 
@@ -427,13 +472,13 @@ class LedgerNode:
                 except RemoteProtocolError:
                     break
                 if prior_block.account == block.account:
-                    await self._take(self.ledger.offer(prior_block), peer)
+                    await self._take(self.ledger.offer(prior_block), peer, durable=False)
             offer = self.ledger.offer(block)
         if offer.outcome is Outcome.HELD and offer.missing is not None:
             await self._fetch_chain(peer, *offer.missing)
             offer = self.ledger.offer(block)
         if offer.outcome in (Outcome.APPLIED, Outcome.HELD, Outcome.EQUIVOCATION):
-            await self._take(offer, peer)
+            await self._take(offer, peer, durable=False)
         if offer.outcome not in (Outcome.APPLIED, Outcome.DUPLICATE):
             raise LedgerError(f"escrow lock not accepted: {offer.reason or offer.outcome.value}")
         esc = self.ledger.escrow(block.account, job)

@@ -115,10 +115,17 @@ def encode_block_body(block: Block) -> bytes:
 
 
 def encode_block(block: Block, *, max_bytes: int = MAX_BLOCK_BYTES) -> bytes:
+    """The wire bytes of a signed block (built once per block object, then cached on it)."""
+    wire = block._wire
+    if wire and len(wire) <= max_bytes:
+        return wire
     m = _schema().Block.new_message()
     m.body = block_body(block)
     m.signature = block.signature
-    return finish(m, "block", max_bytes)
+    wire = finish(m, "block", max_bytes)
+    if block.signature:
+        object.__setattr__(block, "_wire", wire)
+    return wire
 
 
 def _read_body(r: Any) -> Block:
@@ -171,7 +178,9 @@ def decode_block(data: bytes | memoryview, *, max_bytes: int = MAX_BLOCK_BYTES) 
                   unsigned.amount, unsigned.counterparty, unsigned.job, unsigned.timestamp_ms,
                   unsigned.credits, unsigned.balance, unsigned.payments, unsigned.deadline_ms,
                   unsigned.ref_height, unsigned.evidence, signature)
-    return _attach(block, body, blake3.blake3(body).digest())
+    block = _attach(block, body, blake3.blake3(body).digest())
+    object.__setattr__(block, "_wire", bytes(data))
+    return block
 
 
 # --------------------------------------------------------------------------------------- proofs
