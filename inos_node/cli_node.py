@@ -52,6 +52,7 @@ def cmd_node_run(args: argparse.Namespace) -> int:
     resolved = config.resolve(config.flag_values(args))
     cfg = resolved.daemon_config(
         test_corrupt_outputs=bool(os.environ.get("INOS_TEST_CORRUPT_OUTPUTS")),
+        test_no_settle=bool(os.environ.get("INOS_TEST_NO_SETTLE")),
         test_hang=bool(os.environ.get("INOS_TEST_HANG")),
     )
     logs.setup_logging(resolved.values["log_format"], resolved.values["log_level"])

@@ -131,6 +131,9 @@ SETTINGS: tuple[Setting, ...] = (
             "--advert-interval-s", minimum=0.05),
     Setting("hedge_after", "float", 0.5, "fraction of a job's time after which a silent peer gets a backup "
             "(0: never)", "--hedge-after", minimum=0.0, maximum=1.0),
+    Setting("verify_sample", "float", 0.0, "probability of re-running a remote result locally before paying "
+            "for it (deterministic capsules this node serves; a mismatch is not paid)", "--verify-sample",
+            minimum=0.0, maximum=1.0),
     Setting("mdns", "bool", False, "also discover peers with mDNS", "--mdns"),
     Setting("genesis", "path", None, "a genesis file: join its paid network (default: the free dev "
             "network, no ledger)", "--genesis", metavar="FILE"),
@@ -278,7 +281,8 @@ class Resolved:
             api=v["api"], name=v["name"], prefer=v["prefer"], process_workers=v["workers"],
             max_jobs=v["max_jobs"], default_timeout_s=v["default_timeout_s"], mdns=v["mdns"],
             advert_interval_s=v["advert_interval_s"], arena_size=v["arena_mb"] * MIB,
-            hedge_after=v["hedge_after"], genesis=v["genesis"], log_format=v["log_format"], **overrides,
+            hedge_after=v["hedge_after"], genesis=v["genesis"], log_format=v["log_format"],
+            verify_sample=v["verify_sample"], **overrides,
         )
 
 

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import math
+import random
 import signal
 import time
 from dataclasses import dataclass, field
@@ -65,7 +66,9 @@ class DaemonConfig:
     hedge_after: float = 0.5  # fraction of a job's time after which a silent peer gets a backup
     test_corrupt_outputs: bool = False  # a test-only switch: this worker lies about outputs
     test_hang: bool = False  # a test-only switch: this worker accepts capsules and never answers
+    test_no_settle: bool = False  # a test-only switch: this requester neither settles nor refunds (a crash)
     genesis: Path | None = None  # a genesis file (economy); None: the free dev network, no ledger
+    verify_sample: float = 0.0  # probability of re-running a remote result locally before accepting it
     log_format: str = "text"  # text | json
 
     def __post_init__(self) -> None:
@@ -377,7 +380,17 @@ class NodeDaemon:
                 excluded.add(target)
                 attempts.append(f"{target}: busy")
                 continue
+            if target != decider.LOCAL and rec["status"] == Status.SUCCESS.value and \
+                    not await self._sample_agrees(job_id, req, target, rec, deadline):
+                self.book.update(job_id, status=Status.FAILED.value, executor=target, receipt=rec.get("receipt"),
+                                 error=f"the output from {target} differs from this node's re-execution: "
+                                       "rejected and not paid")
+                return
             if escrow is not None and target != decider.LOCAL and rec["status"] == Status.SUCCESS.value:
+                if self.config.test_no_settle:  # test-only: behave as if we died right here
+                    escrow.settled = True
+                    self.book.update(job_id, **_public(rec))
+                    return
                 rec.update(await self._settle(job_id, req, escrow, [(target, rec)]))
             self.book.update(job_id, **_public(rec))
             return
@@ -497,6 +510,25 @@ class NodeDaemon:
             error = "; ".join(f"{r['executor']}: {r.get('error') or r['status']}" for r in results.values()
                               if r["status"] != Status.SUCCESS.value)
         self.book.update(job_id, status=Status.FAILED.value, error=error, replicas=replicas)
+
+    async def _sample_agrees(self, job_id: str, req: SubmitRequest, target: str, rec: dict[str, Any],
+                             deadline: float) -> bool:
+        """With probability ``verify_sample``, re-run a remote result of a deterministic capsule
+        here and compare digests (BOINC's spot checks): a worker cannot know which results are
+        checked, so lying costs it the payment and its reputation at that rate."""
+        p = self.config.verify_sample
+        method = self.local.engine._methods.get(req.capsule)
+        if p <= 0 or method is None or not method.deterministic or random.random() >= p:
+            return True
+        left_ms = max(1, int((deadline - trio.current_time()) * 1000))
+        mine = await self._run_on(job_id, req, decider.LOCAL, left_ms)
+        if mine["status"] != Status.SUCCESS.value:
+            return True  # we could not check: no evidence either way
+        if blake3.blake3(mine["output"]).digest() == blake3.blake3(rec["output"]).digest():
+            return True
+        log.warning("job=%s: %s returned an output this node's re-execution contradicts", job_id, target)
+        self.net.record_mismatch(target)
+        return False
 
     @staticmethod
     def _digest_groups(results: dict[str, dict[str, Any]]) -> dict[bytes, list[str]]:

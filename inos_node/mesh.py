@@ -338,11 +338,12 @@ class Mesh:
         job = run.job
         if self.daemon.config.test_hang:
             await trio.sleep_forever()  # test-only: a peer that is alive but never answers
+        escrow: dict[str, Any] | None = None
         if self.daemon.economy is not None:
             try:  # escrow before execution: no valid lock naming us, no work
                 from inos_node.net.host import public_key_of_peer_id
 
-                await self.daemon.economy.accept_escrow(
+                escrow = await self.daemon.economy.accept_escrow(
                     run.escrow, requester_key_account=account_of_key(public_key_of_peer_id(peer_id)),
                     job=job.job_id, peer=peer_id, chain=run.escrow_chain)
             except (LedgerError, RemoteProtocolError) as exc:
@@ -370,6 +371,8 @@ class Mesh:
         receipt = sign_receipt(self.daemon.identity, job_id=job.job_id, requester=peer_id, worker=self.peer_id,
                                capsule=f"{job.library}.{job.method}", input_digest=run.input_digest, output=output,
                                cost=result.cost, metrics=result.metrics)
+        if escrow is not None:  # if the requester never settles, we claim with this receipt
+            self.daemon.economy.expect_payment(peer_id, job.job_id, receipt, int(escrow["deadline_ms"]))
         out_payload: Any = output
         if len(output) > INLINE_MAX:
             out_payload = Digest(self.blobs.put(output))

@@ -16,6 +16,21 @@ Escrow flows for the daemon (requester side): ``lock`` before a capsule leaves, 
 verified receipt, ``refund`` when the job fails; the pending settlement is recorded in the same
 transaction as the lock, so a node killed at any moment finishes or refunds it when it restarts
 (``resolve_pending``).  Worker side: ``accept_escrow`` checks the lock that comes with a request.
+
+Who may do what when a requester does not settle (it crashed between the result and the settle,
+say).  Only the requester's chain can close its escrow, so nothing ever races:
+  * the worker keeps its receipt (``expect_payment``); once the job's deadline has passed with
+    the escrow still open on its ledger, it presents the receipt to the requester over
+    /inos/ledger-sync (a claim), again every few seconds until the deadline + the genesis's grace;
+  * the requester settles a valid claim for an open escrow it locked (the receipt verifies, names
+    this job and this requester, and the worker is one the lock named): the worker is paid the
+    most the lock allowed it, the treasury its fee;
+  * a restarted requester refunds an escrow it cannot settle only after deadline + grace, so a
+    worker's claim gets there first; a live requester refunds at once when a job fails;
+  * a claim that meets a refunded escrow is refused, and the worker marks the requester a
+    non-payer (its reputation, on that worker).
+Credits are never lost: until the requester's node settles or refunds, the escrow is counted
+(locked, in ``supply``).
 """
 
 from __future__ import annotations
@@ -107,7 +122,11 @@ class LedgerNode:
         self._wire_seen: OrderedDict[bytes, None] = OrderedDict()  # digests of applied blocks' wire bytes
         self.changed = trio.Event()  # set (and replaced) whenever the ledger changes
         self.stats = {"applied": 0, "held": 0, "rejected": 0, "duplicates": 0, "equivocations": 0,
-                      "dropped": 0, "synced": 0}
+                      "dropped": 0, "synced": 0, "claims_made": 0, "claims_settled": 0}
+        self._nursery: trio.Nursery | None = None
+        self._owed_to_me: OrderedDict[str, tuple[str, bytes, bytes, int]] = OrderedDict()  # job -> claim
+        self._claiming: set[str] = set()
+        self.nonpayers: dict[str, int] = {}  # requester peer id -> refunds of jobs we had a receipt for
 
     # ------------------------------------------------------------------ lifetime
     @asynccontextmanager
@@ -127,6 +146,8 @@ class LedgerNode:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as n:
+            self._nursery = n
+            n.start_soon(self._claimer)
             n.start_soon(self._consume)
             n.start_soon(self._persister)
             n.start_soon(self._publisher)
@@ -343,7 +364,84 @@ class LedgerNode:
         def proofs() -> list[tuple[bytes, bytes]]:
             return [(encode_block(a), encode_block(b)) for a, b in self.ledger.proofs()]
 
-        return SyncSource(heads=heads, blocks=blocks, proofs=proofs)
+        return SyncSource(heads=heads, blocks=blocks, proofs=proofs, claim=self._on_claim)
+
+    # ------------------------------------------------------------------ claims
+    def expect_payment(self, requester: str, job: str, receipt: Any, deadline_ms: int) -> None:
+        """Worker side: remember a receipt we signed for ``requester``'s escrow of ``job``."""
+        from inos_node.net.host import public_key_of_peer_id
+        from inos_node.wire.ledger import encode_receipt
+
+        try:
+            account = account_of_key(public_key_of_peer_id(requester))
+        except RemoteProtocolError:
+            return
+        self._owed_to_me[job] = (requester, account, encode_receipt(receipt), deadline_ms)
+        while len(self._owed_to_me) > 4096:
+            self._owed_to_me.popitem(last=False)
+
+    async def _claimer(self) -> None:
+        """Present receipts whose escrow is still open after the job's deadline (see the module
+        docstring); forget them once settled, refunded, or past deadline + grace."""
+        while True:
+            await trio.sleep(2.0)
+            now = unix_ms()
+            for job, (requester, account, receipt, deadline_ms) in list(self._owed_to_me.items()):
+                esc = self.ledger.escrow(account, job)
+                state = esc["state"] if esc is not None else "open"  # a lock not yet seen: ask anyway
+                if state != "open" or now > deadline_ms + self.genesis.grace_ms:
+                    self._owed_to_me.pop(job, None)
+                    if state == "refunded":
+                        self.nonpayers[requester] = self.nonpayers.get(requester, 0) + 1
+                        log.warning("job=%s: requester %s refunded a job we delivered (a non-payer)", job, requester)
+                    elif state == "open":
+                        log.warning("job=%s: requester %s never settled nor answered our claim", job, requester)
+                    continue
+                if now <= deadline_ms or self._sync_client is None:
+                    continue
+                self.stats["claims_made"] += 1
+                try:
+                    await self._sync_client.claim(requester, job, receipt)
+                    log.info("job=%s: requester %s accepted our claim", job, requester)
+                except (PeerError, RemoteProtocolError) as exc:
+                    log.info("job=%s: claim to %s not accepted yet: %s", job, requester, exc)
+
+    def _on_claim(self, job: str, receipt_bytes: bytes, peer: str) -> str:
+        """Requester side: check a worker's claim; settle it in the background.  "" = accepted."""
+        from inos_node.receipts import ReceiptInvalid, open_receipt
+        from inos_node.wire.ledger import decode_receipt
+
+        esc = self.ledger.escrow(self.account, job)
+        if esc is None:
+            return f"no escrow of mine for job {job}"
+        if esc["state"] != "open":
+            return f"the escrow for {job} is already {esc['state']}"
+        try:
+            receipt = decode_receipt(receipt_bytes)
+            body = open_receipt(receipt, worker_peer_id=peer)
+        except (ReceiptInvalid, RemoteProtocolError) as exc:
+            return f"receipt refused: {exc}"
+        if body.job_id != job or body.requester != self._self_peer:
+            return "the receipt is for another job or another requester"
+        worker = account_of_key(receipt.public_key)
+        cap = esc["workers"].get(did_of_account(worker))
+        if cap is None:
+            return "the escrow does not name this worker"
+        if job in self._claiming or self._nursery is None:
+            return "" if job in self._claiming else "not ready"
+        self._claiming.add(job)
+        self._nursery.start_soon(self._settle_claim, job, worker, cap, receipt_bytes)
+        return ""
+
+    async def _settle_claim(self, job: str, worker: bytes, pay: int, receipt: bytes) -> None:
+        try:
+            await self.settle(job, [(worker, pay)], [receipt])
+            self.stats["claims_settled"] += 1
+            log.info("job=%s: settled on the worker's claim: %d credits to %s", job, pay, did_of_account(worker))
+        except LedgerError as exc:
+            log.warning("job=%s: could not settle a claim: %s", job, exc)
+        finally:
+            self._claiming.discard(job)
 
     # ------------------------------------------------------------------ own blocks
     async def commit(self, type_: BlockType, *, owe: Owed | None = None, clear: str | None = None,
@@ -399,6 +497,14 @@ class LedgerNode:
             return None
         return await self.commit(BlockType.REFUND, job=job, clear=job)
 
+    async def _refund_later(self, job: str, wait_s: float) -> None:
+        await trio.sleep(wait_s)
+        try:
+            if await self.refund(job) is not None:
+                log.info("job=%s: refunded after its deadline and grace (no claim came)", job)
+        except LedgerError as exc:
+            log.error("job=%s: refund failed: %s", job, exc)
+
     async def slash(self, job: str, offender: bytes, evidence: list[bytes]) -> Block | None:
         """Slash ``offender`` with receipts proving its replica lie (None if it has nothing staked)."""
         if self.ledger.account(offender)["staked"] <= 0 or self.ledger.frozen(offender):
@@ -415,7 +521,8 @@ class LedgerNode:
         await self.store.owe(job, "settle", data)
 
     async def resolve_pending(self) -> list[str]:
-        """After a restart: settle what was verified and noted, refund every other open escrow of ours."""
+        """After a restart: settle what was verified and noted; refund every other open escrow of
+        ours once its deadline + grace has passed (until then a worker may claim it)."""
         done = []
         owed = {o.job: o for o in self.store.owed()}
         open_jobs = {e["job"] for e in self.ledger.open_escrows(self.account)}
@@ -430,6 +537,11 @@ class LedgerNode:
                     await self.settle(job, [(bytes.fromhex(a), int(p)) for a, p in doc["payments"]],
                                       [bytes.fromhex(r) for r in doc["receipts"]])
                 else:
+                    esc = self.ledger.escrow(self.account, job) or {}
+                    wait_s = (int(esc.get("deadline_ms", 0)) + self.genesis.grace_ms - unix_ms()) / 1000
+                    if wait_s > 0 and self._nursery is not None:
+                        self._nursery.start_soon(self._refund_later, job, wait_s)
+                        continue
                     await self.refund(job)
                 done.append(job)
             except (LedgerError, ValueError, KeyError) as exc:

@@ -29,6 +29,7 @@ from inos_node.net.framing import Admit, CorrelatedClient, FrameReader, InboundS
 from inos_node.wire.ledger import (
     MAX_SYNC_BYTES,
     SyncBlocks,
+    SyncClaim,
     SyncHead,
     SyncHeads,
     SyncResponse,
@@ -58,6 +59,7 @@ class SyncSource:
     heads: Callable[[], list[tuple[bytes, int, bytes]]]
     blocks: Callable[[bytes, int, int], list[bytes]]
     proofs: Callable[[], list[tuple[bytes, bytes]]]
+    claim: Callable[[str, bytes, str], str] | None = None  # (job, receipt, peer) -> "" or why not
 
 
 class LedgerSyncServer:
@@ -91,7 +93,7 @@ class LedgerSyncServer:
                 if frame is None:
                     break
                 req = decode_sync_request(frame, max_bytes=_MAX_REQUEST_FRAME)
-                payload = encode_sync_response(self.answer(req), max_bytes=MAX_SYNC_BYTES)
+                payload = encode_sync_response(self.answer(req, peer_id), max_bytes=MAX_SYNC_BYTES)
                 await stream.write(encode_frame(payload, limit=MAX_SYNC_BYTES))
         except RemoteProtocolError as exc:
             self.streams_reset += 1
@@ -100,7 +102,11 @@ class LedgerSyncServer:
             log.debug("ledger-sync: stream from peer %s ended: %r", peer_id, exc)
         await reset_quietly(stream)
 
-    def answer(self, req: SyncHeads | SyncBlocks) -> SyncResponse:
+    def answer(self, req: SyncHeads | SyncBlocks | SyncClaim, peer_id: str = "") -> SyncResponse:
+        if isinstance(req, SyncClaim):
+            if self._source.claim is None:
+                return SyncResponse(req.request_id, error="this node takes no claims")
+            return SyncResponse(req.request_id, error=self._source.claim(req.job, req.receipt, peer_id))
         if isinstance(req, SyncHeads):
             heads = tuple(SyncHead(a, h, head) for a, h, head in self._source.heads())
             return SyncResponse(req.request_id, heads=heads, proofs=tuple(self._source.proofs()))
@@ -140,6 +146,14 @@ class LedgerSyncClient:
         if resp.error:
             raise PeerError(f"peer {peer_id} refused a ledger sync request: {resp.error}")
         return resp
+
+    async def claim(self, peer_id: str, job: str, receipt: bytes) -> None:
+        """Present our receipt for ``job`` to its requester ``peer_id`` (who then settles).
+
+        Raises:
+            PeerError: unreachable, or the requester refused the claim (the reason is given).
+        """
+        await self._call(peer_id, SyncClaim(self._core.next_request_id(), job, receipt))
 
     async def heads(self, peer_id: str) -> SyncResponse:
         """Every account's head at ``peer_id`` (and the equivocation proofs it holds)."""

@@ -241,7 +241,16 @@ class SyncBlocks:
     limit: int
 
 
-SyncRequest = SyncHeads | SyncBlocks
+@dataclass(frozen=True, slots=True)
+class SyncClaim:
+    """A worker's receipt for ``job``, presented to the requester for settlement."""
+
+    request_id: int
+    job: str
+    receipt: bytes
+
+
+SyncRequest = SyncHeads | SyncBlocks | SyncClaim
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +274,10 @@ def encode_sync_request(req: SyncRequest, *, max_bytes: int = 4096) -> bytes:
     m.requestId = _u64(req.request_id, "requestId")
     if isinstance(req, SyncHeads):
         m.heads = None
+    elif isinstance(req, SyncClaim):
+        g = m.init("claim")
+        g.job = req.job
+        g.receipt = req.receipt
     else:
         if not 0 <= req.limit < 2**32:
             raise LocalProtocolError(f"sync limit {req.limit} does not fit UInt32")
@@ -278,6 +291,8 @@ def encode_sync_request(req: SyncRequest, *, max_bytes: int = 4096) -> bytes:
 def _read_sync_request(r: Any) -> SyncRequest:
     if r.which() == "heads":
         return SyncHeads(request_id=r.requestId)
+    if r.which() == "claim":
+        return SyncClaim(request_id=r.requestId, job=r.claim.job, receipt=bytes(r.claim.receipt))
     g = r.blocks
     return SyncBlocks(request_id=r.requestId, account=bytes(g.account), from_height=g.fromHeight,
                       limit=g.limit)

@@ -113,6 +113,7 @@ class FakeService:
                 "load": 0.25,
                 "rtt_ms": 1.5,
                 "price": 2,
+                "reputation": 0.75,
             }
         ]
 

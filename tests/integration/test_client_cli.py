@@ -243,13 +243,13 @@ def test_peers_table_and_json(inos_cmd: list[str], node_api: str) -> None:
     p = run(inos_cmd, "peers", "--api", node_api, "--token", TOKEN)
     assert p.returncode == 0, p.stderr
     header, row = p.stdout.decode().splitlines()
-    assert header.split() == ["PEER", "ID", "NAME", "RTT", "MS", "LOAD", "PRICE", "METHODS", "ADDRESS"]
+    assert header.split() == ["PEER", "ID", "NAME", "RTT", "MS", "LOAD", "REPUTATION", "METHODS", "ADDRESS"]
     assert row.split() == [
         "12D3KooWFakeRemotePeer",
         "remote-1",
         "1.5",
         "0.25",
-        "2",
+        "0.75",
         "2",
         "/ip4/127.0.0.1/tcp/4001",
     ]

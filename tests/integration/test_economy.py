@@ -348,3 +348,30 @@ def test_a_requester_killed_with_escrows_open_restarts_consistent(tmp_path):
         assert cc.balance(net.dids["c"])["balance"] == net.alloc + paid
     finally:
         net.close()
+
+
+def test_a_worker_claims_what_a_silent_requester_owes(tmp_path):
+    """The requester gets its result but never settles (a test switch that acts like a crash at
+    that moment): after the job's deadline the worker presents its receipt, and the requester's
+    node settles it; nobody refunds, nothing is lost."""
+    net = EcoNet(tmp_path, ["a", "b"])
+    try:
+        a = net.start("a", env={"INOS_TEST_NO_SETTLE": "1"})
+        b = net.start("b", bootstrap=["a"])
+        ca, cb = a.client(), b.client()
+        assert ca.wait_peers(peer_id=b.peer_id, serving="compute.blake3", timeout_s=30)
+        rec = ca.run(SubmitRequest("compute.blake3", b"pay me", placement=f"peer:{b.peer_id}", timeout_s=2))
+        assert rec.status == "success" and rec.settlement is None and rec.escrow > 0
+        b_did = cb.balance()["did"]
+        assert ca.balance()["escrow"] == rec.escrow, "locked, not settled"
+        # after the 2 s deadline the worker claims; the requester settles: the escrow is closed
+        wait_for(lambda: ca.balance()["escrow"] == 0 or None, 30, "the requester to settle the claim")
+        history = [b_["type"] for b_ in ca.history()["blocks"]]
+        assert history == ["escrow_lock", "settle"], history
+        paid = wait_for(lambda: (cb.balance(b_did)["balance"] > net.alloc) or None, 30, "the worker to be paid")
+        assert paid
+        net.converge(["a", "b"])
+        for name in ("a", "b"):
+            net.check_ledger(name)
+    finally:
+        net.close()

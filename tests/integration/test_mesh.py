@@ -281,3 +281,22 @@ def test_a_peer_that_hangs_is_left_behind_within_the_deadline(tmp_path):
     finally:
         for n in (a, hung, good):
             n.stop()
+
+
+def test_spot_checks_reject_a_lying_peer(tmp_path):
+    """--verify-sample 1: every remote result of a deterministic capsule is re-run here first."""
+    a = start_node(tmp_path, "a", extra=("--verify-sample", "1"))
+    liar = start_node(tmp_path, "liar", bootstrap=(a.address,), env={"INOS_TEST_CORRUPT_OUTPUTS": "1"})
+    honest = start_node(tmp_path, "honest", bootstrap=(a.address,))
+    try:
+        client = a.client()
+        assert client.wait_peers(serving="compute.sha256", count=2, timeout_s=30)
+        rec = client.run(SubmitRequest("compute.sha256", b"spot check", placement=f"peer:{liar.peer_id}"))
+        assert rec.status == "failed" and "differs from this node's re-execution" in rec.error, rec
+        rec = client.run(SubmitRequest("compute.sha256", b"spot check", placement=f"peer:{honest.peer_id}"))
+        assert rec.status == "success" and rec.output == hashlib.sha256(b"spot check").digest()
+        peers = {p["peer_id"]: p for p in client.peers()}
+        assert peers[liar.peer_id]["mismatches"] == 1 and peers[honest.peer_id]["mismatches"] == 0
+    finally:
+        for n in (a, liar, honest):
+            n.stop()

@@ -59,6 +59,10 @@ struct SyncRequest {
       fromHeight @3 :UInt64;
       limit @4 :UInt32;
     }
+    claim :group {                 # a worker presents its receipt for a job whose escrow the
+      job @5 :Text;                # requester (the node asked) has neither settled nor refunded
+      receipt @6 :Data;            # an encoded Receipt (p2p/v1/delegation.capnp)
+    }
   }
 }
 
