@@ -54,6 +54,7 @@ INLINE_MAX = 256 * 1024
 # a million units of WASM fuel.  ``price_units`` turns an engine cost into those units.
 PRICES = {"call": 1, "mib": 1, "fuel": 1}
 FUEL_PER_UNIT = 1_000_000
+NONPAYER_LIMIT = 2  # a requester that refunded this many jobs we delivered gets no more work from us
 
 
 def price_units(cost_model: str, cost: int) -> int:
@@ -170,6 +171,7 @@ class Mesh:
                 "failures": self._fail.get(pid, 0),
                 "successes": self._ok.get(pid, 0),
                 "mismatches": self._mismatch.get(pid, 0),
+                "unpaid_jobs": self.daemon.economy.nonpayers.get(pid, 0) if self.daemon.economy else 0,
                 "reputation": round(self.reputation(pid), 3),
             })
         return out
@@ -339,6 +341,10 @@ class Mesh:
         if self.daemon.config.test_hang:
             await trio.sleep_forever()  # test-only: a peer that is alive but never answers
         escrow: dict[str, Any] | None = None
+        if self.daemon.economy is not None and self.daemon.economy.nonpayers.get(peer_id, 0) >= NONPAYER_LIMIT:
+            return DelegateResponse(run.request_id, JobResult(
+                job.job_id, Status.FAILED, retryable=False,
+                error=f"unpaid: you refunded {self.daemon.economy.nonpayers[peer_id]} jobs this node delivered"))
         if self.daemon.economy is not None:
             try:  # escrow before execution: no valid lock naming us, no work
                 from inos_node.net.host import public_key_of_peer_id

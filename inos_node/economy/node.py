@@ -126,6 +126,7 @@ class LedgerNode:
         self._nursery: trio.Nursery | None = None
         self._owed_to_me: OrderedDict[str, tuple[str, bytes, bytes, int]] = OrderedDict()  # job -> claim
         self._claiming: set[str] = set()
+        self._noted: set[str] = set()  # jobs with a settlement note in the store (note_settlement)
         self.nonpayers: dict[str, int] = {}  # requester peer id -> refunds of jobs we had a receipt for
 
     # ------------------------------------------------------------------ lifetime
@@ -482,20 +483,21 @@ class LedgerNode:
         return lock_required(sum(top), self.genesis.fee_bps)
 
     async def lock(self, job: str, amount: int, workers: list[tuple[bytes, int]], deadline_ms: int) -> Block:
-        """Lock ``amount`` for ``job`` payable to ``workers`` (account, max pay); recorded as owed
-        in the same transaction, so a restart resolves it."""
+        """Lock ``amount`` for ``job`` payable to ``workers`` (account, max pay).  The open escrow
+        is itself the record of what is pending: a restart finds it in the ledger and resolves it."""
         return await self.commit(BlockType.ESCROW_LOCK, job=job, amount=amount, payments=workers,
-                                 deadline_ms=deadline_ms, owe=Owed(job, "locked", b""))
+                                 deadline_ms=deadline_ms)
 
     async def settle(self, job: str, payments: list[tuple[bytes, int]], receipts: list[bytes]) -> Block:
-        return await self.commit(BlockType.SETTLE, job=job, payments=payments, evidence=receipts, clear=job)
+        return await self.commit(BlockType.SETTLE, job=job, payments=payments, evidence=receipts,
+                                 clear=job if job in self._noted else None)
 
     async def refund(self, job: str) -> Block | None:
         esc = self.ledger.escrow(self.account, job)
         if esc is None or esc["state"] != "open":
             await self.store.clear(job)
             return None
-        return await self.commit(BlockType.REFUND, job=job, clear=job)
+        return await self.commit(BlockType.REFUND, job=job, clear=job if job in self._noted else None)
 
     async def _refund_later(self, job: str, wait_s: float) -> None:
         await trio.sleep(wait_s)
@@ -519,6 +521,7 @@ class LedgerNode:
         data = json.dumps({"payments": [[a.hex(), p] for a, p in payments],
                            "receipts": [r.hex() for r in receipts]}).encode()
         await self.store.owe(job, "settle", data)
+        self._noted.add(job)
 
     async def resolve_pending(self) -> list[str]:
         """After a restart: settle what was verified and noted; refund every other open escrow of
@@ -526,6 +529,7 @@ class LedgerNode:
         done = []
         owed = {o.job: o for o in self.store.owed()}
         open_jobs = {e["job"] for e in self.ledger.open_escrows(self.account)}
+        self._noted.update(owed)
         for job in sorted(open_jobs | set(owed)):
             o = owed.get(job)
             try:
