@@ -53,7 +53,7 @@ class EcoNet:
     """Identities, one genesis, and the nodes started on it (under ``base``)."""
 
     def __init__(self, base: Path, names: Iterable[str], *, alloc: int = 1000,
-                 clones: dict[str, str] | None = None) -> None:
+                 clones: dict[str, str] | None = None, grace_ms: int = 2000) -> None:
         """``clones``: {clone: original}: the clone's data dir is a copy of the original's, made
         before either starts (the same identity key on two machines)."""
         self.base = base
@@ -61,7 +61,8 @@ class EcoNet:
         self.dids = {n: DataDir(base / n).ensure().identity().did for n in names}
         for clone, original in (clones or {}).items():
             shutil.copytree(base / original, base / clone)
-        doc, _ = create_genesis({did: alloc for did in self.dids.values()}, name=base.name)
+        # a short grace: a restarted requester refunds its open escrows after deadline + grace
+        doc, _ = create_genesis({did: alloc for did in self.dids.values()}, name=base.name, grace_ms=grace_ms)
         self.genesis = write_genesis(base / "genesis.json", doc)
         self.treasury: str = doc["treasury"]
         self.minted = alloc * len(self.dids)
