@@ -136,7 +136,7 @@ class NodeDaemon:
                 genesis = Genesis.load(cfg.genesis)
                 self.network_id = genesis.network_id  # nodes of another genesis are not our peers
             node_cfg = NodeConfig(name=f"inos-{cfg.name or 'node'}", process_workers=cfg.process_workers,
-                                  arena_size=cfg.arena_size)
+                                  arena_size=cfg.arena_size, background_workers=True)
             async with LocalNode(node_cfg).open() as local, contextlib.AsyncExitStack() as stack:
                 self.local = local
                 if genesis is not None:

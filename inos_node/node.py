@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import partial
 import platform
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,6 +46,10 @@ class NodeConfig:
     max_threads: int = 2
     max_input_bytes: int = 256 * 1024 * 1024
     shutdown_grace_s: float = 3.0
+    # False: open() returns once the worker processes are attached.  True (the daemon): it returns
+    # at once and the workers attach in the background (a job for them waits for the first one),
+    # so a node is ready without paying for their interpreter start-up and imports.
+    background_workers: bool = False
 
     def __post_init__(self) -> None:
         lanes = layout_constants()["maxWorkerLanes"]
@@ -84,7 +89,7 @@ class LocalNode:
                     from inos_node.engine.workers import ProcessPool
 
                     self.pool = ProcessPool(arena, self.watcher, cfg.process_workers, self.layout)
-                    await nursery.start(self.pool.run)
+                    await nursery.start(partial(self.pool.run, wait_ready=not cfg.background_workers))
                 ctx = UnitContext(arena=arena, max_input_bytes=cfg.max_input_bytes)
                 libraries = load_libraries(ctx)
                 self.engine = Engine(

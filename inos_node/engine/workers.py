@@ -70,13 +70,17 @@ class ProcessPool:
         self._free_send, self._free_recv = trio.open_memory_channel[_Lane](workers)
 
     # ------------------------------------------------------------------ lifetime
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, wait_ready: bool = True,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the worker processes running.  ``wait_ready``: report started only once every
+        worker is attached (else at once; jobs wait for a free, ready lane either way)."""
         async with trio.open_nursery() as nursery:
             for lane in self.lanes:
                 nursery.start_soon(self._keep_worker, lane)
                 nursery.start_soon(self._read_results, lane)
-            for lane in self.lanes:
-                await lane.started.wait()
+            if wait_ready:
+                for lane in self.lanes:
+                    await lane.started.wait()
             task_status.started()
 
     async def _keep_worker(self, lane: _Lane) -> None:
