@@ -28,9 +28,13 @@ def register(sub: Any) -> None:
     from inos_node import cli
 
     api = cli._api_parent()
-    led = sub.add_parser("ledger", help="balances, transfers, stake, supply and verification of the credits ledger",
-                         description="The credits ledger of the node at --api.", epilog=_EPILOG + cli._API_HELP,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    led = sub.add_parser(
+        "ledger",
+        help="balances, transfers, stake, supply and verification of the credits ledger",
+        description="The credits ledger of the node at --api.",
+        epilog=_EPILOG + cli._API_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     lsub = led.add_subparsers(dest="ledger_command", metavar="COMMAND", required=True)
 
     p = lsub.add_parser("balance", parents=[api], help='{"did","balance","escrow","staked","frozen",...}')
@@ -44,7 +48,9 @@ def register(sub: Any) -> None:
     p = lsub.add_parser("supply", parents=[api], help='{"minted","balances","escrow","staked",...}')
     p.set_defaults(fn=lambda a: _show(a, lambda c: c.supply(), _supply_text))
 
-    p = lsub.add_parser("verify", parents=[api], help="re-validate every block from genesis (exit 0 if consistent)")
+    p = lsub.add_parser(
+        "verify", parents=[api], help="re-validate every block from genesis (exit 0 if consistent)"
+    )
     p.set_defaults(fn=_verify)
 
     p = lsub.add_parser("transfer", parents=[api], help="send credits to a DID")
@@ -52,8 +58,10 @@ def register(sub: Any) -> None:
     p.add_argument("amount", type=int, metavar="AMOUNT")
     p.set_defaults(fn=lambda a: _post(a, "transfer", {"to": a.to, "amount": a.amount}))
 
-    for action, text in (("stake", "bond AMOUNT credits as stake (seized if you are caught cheating)"),
-                         ("unstake", "release AMOUNT credits of stake")):
+    for action, text in (
+        ("stake", "bond AMOUNT credits as stake (seized if you are caught cheating)"),
+        ("unstake", "release AMOUNT credits of stake"),
+    ):
         p = lsub.add_parser(action, parents=[api], help=text)
         p.add_argument("amount", type=int, metavar="AMOUNT")
         p.set_defaults(fn=lambda a, act=action: _post(a, act, {"amount": a.amount}))
@@ -91,7 +99,9 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
-        print(f"{'consistent' if doc['ok'] else 'INCONSISTENT'}: {doc['blocks']} blocks, state {doc['state_hash']}")
+        print(
+            f"{'consistent' if doc['ok'] else 'INCONSISTENT'}: {doc['blocks']} blocks, state {doc['state_hash']}"
+        )
         for problem in doc.get("problems", []):
             print(f"  {problem}")
     return 0 if doc.get("ok") else 1
@@ -99,12 +109,16 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _balance_text(doc: dict[str, Any]) -> None:
     flags = " FROZEN" if doc.get("frozen") else ""
-    print(f"{doc.get('did')}{flags}\n  balance {doc.get('balance')}   escrow {doc.get('escrow')}   "
-          f"staked {doc.get('staked')}   height {doc.get('height')}")
+    print(
+        f"{doc.get('did')}{flags}\n  balance {doc.get('balance')}   escrow {doc.get('escrow')}   "
+        f"staked {doc.get('staked')}   height {doc.get('height')}"
+    )
 
 
 def _supply_text(doc: dict[str, Any]) -> None:
-    print(f"minted {doc['minted']} = balances {doc['balances']} + escrow {doc['escrow']} + staked {doc['staked']}")
+    print(
+        f"minted {doc['minted']} = balances {doc['balances']} + escrow {doc['escrow']} + staked {doc['staked']}"
+    )
     print(f"state  {doc.get('state_hash', '')}")
 
 
@@ -113,10 +127,23 @@ def _history_text(doc: dict[str, Any]) -> None:
 
     rows = []
     for b in doc.get("blocks", []):
-        when = time.strftime("%H:%M:%S", time.localtime(b["timestamp_ms"] / 1000)) if b.get("timestamp_ms") else "-"
+        when = (
+            time.strftime("%H:%M:%S", time.localtime(b["timestamp_ms"] / 1000))
+            if b.get("timestamp_ms")
+            else "-"
+        )
         other = b.get("counterparty") or ",".join(p["did"][-8:] for p in b.get("payments", []))
-        rows.append([str(b["height"]), b["type"], str(b["amount"]), cli._cell(other), b.get("job") or "-",
-                     str(b["balance"]), when])
+        rows.append(
+            [
+                str(b["height"]),
+                b["type"],
+                str(b["amount"]),
+                cli._cell(other),
+                b.get("job") or "-",
+                str(b["balance"]),
+                when,
+            ]
+        )
     if not rows:
         print(f"{doc.get('did')}: no blocks yet")
         return

@@ -34,10 +34,15 @@ def block_json(block: Any) -> dict[str, Any]:
     from inos_node.economy.model import block_hash, did_of_account
 
     return {
-        "hash": block_hash(block).hex(), "did": did_of_account(block.account), "height": block.height,
-        "type": block.type.name.lower(), "amount": block.amount,
+        "hash": block_hash(block).hex(),
+        "did": did_of_account(block.account),
+        "height": block.height,
+        "type": block.type.name.lower(),
+        "amount": block.amount,
         "counterparty": did_of_account(block.counterparty) if len(block.counterparty) == 32 else "",
-        "job": block.job, "timestamp_ms": block.timestamp_ms, "balance": block.balance,
+        "job": block.job,
+        "timestamp_ms": block.timestamp_ms,
+        "balance": block.balance,
         "payments": [{"did": did_of_account(p.account), "amount": p.amount} for p in block.payments],
     }
 
@@ -63,7 +68,9 @@ def routes(service: Any, read_body: Callable[[Request], Awaitable[bytes]]) -> li
             raise _Bad(f"amount must be a positive integer, got {amount!r}", "amount")
         return amount
 
-    def guarded(fn: Callable[[Request, Any], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def guarded(
+        fn: Callable[[Request, Any], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
         async def handler(request: Request) -> Response:
             node = ledger()
             if node is None:
@@ -76,6 +83,7 @@ def routes(service: Any, read_body: Callable[[Request], Awaitable[bytes]]) -> li
                 return _err(409, str(exc))
             except LedgerError as exc:
                 return _err(400, str(exc))
+
         return handler
 
     async def balance(request: Request, node: Any) -> Response:
@@ -137,10 +145,12 @@ class _Bad(Exception):
         self.field = field
 
 
-def _op(op_id: str, summary: str, schema: dict[str, Any], *, body: bool = False, did: bool = False
-        ) -> dict[str, Any]:
+def _op(
+    op_id: str, summary: str, schema: dict[str, Any], *, body: bool = False, did: bool = False
+) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "operationId": op_id, "summary": summary,
+        "operationId": op_id,
+        "summary": summary,
         "responses": {
             "200": {"description": "OK", "content": {"application/json": {"schema": schema}}},
             "400": {"description": "bad request (the field is named)"},
@@ -151,27 +161,53 @@ def _op(op_id: str, summary: str, schema: dict[str, Any], *, body: bool = False,
     if did:
         doc["parameters"] = [{"name": "did", "in": "path", "required": True, "schema": {"type": "string"}}]
     if body:
-        doc["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "required": ["amount"],
-            "properties": {"amount": {"type": "integer", "minimum": 1}, "to": {"type": "string"}}}}}}
+        doc["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["amount"],
+                        "properties": {"amount": {"type": "integer", "minimum": 1}, "to": {"type": "string"}},
+                    }
+                }
+            },
+        }
         doc["responses"]["409"] = {"description": "the ledger refused the block (reason given)"}
     return doc
 
 
-_ACCOUNT = {"type": "object", "properties": {k: {"type": t} for k, t in (
-    ("did", "string"), ("balance", "integer"), ("escrow", "integer"), ("staked", "integer"),
-    ("frozen", "boolean"), ("height", "integer"))}}
+_ACCOUNT = {
+    "type": "object",
+    "properties": {
+        k: {"type": t}
+        for k, t in (
+            ("did", "string"),
+            ("balance", "integer"),
+            ("escrow", "integer"),
+            ("staked", "integer"),
+            ("frozen", "boolean"),
+            ("height", "integer"),
+        )
+    },
+}
 OPENAPI_PATHS: dict[str, Any] = {
     "/v1/ledger/balance": {"get": _op("ledgerBalance", "This node's account", _ACCOUNT)},
     "/v1/ledger/balance/{did}": {"get": _op("ledgerBalanceOf", "An account's balance", _ACCOUNT, did=True)},
-    "/v1/ledger/supply": {"get": _op("ledgerSupply", "minted = balances + escrow + staked; state hash",
-                                     {"type": "object"})},
-    "/v1/ledger/verify": {"get": _op("ledgerVerify", "Re-validate every stored block from genesis",
-                                     {"type": "object", "properties": {"ok": {"type": "boolean"},
-                                                                       "state_hash": {"type": "string"}}})},
+    "/v1/ledger/supply": {
+        "get": _op("ledgerSupply", "minted = balances + escrow + staked; state hash", {"type": "object"})
+    },
+    "/v1/ledger/verify": {
+        "get": _op(
+            "ledgerVerify",
+            "Re-validate every stored block from genesis",
+            {"type": "object", "properties": {"ok": {"type": "boolean"}, "state_hash": {"type": "string"}}},
+        )
+    },
     "/v1/ledger/history": {"get": _op("ledgerHistory", "This node's chain", {"type": "object"})},
-    "/v1/ledger/history/{did}": {"get": _op("ledgerHistoryOf", "An account's chain", {"type": "object"},
-                                            did=True)},
+    "/v1/ledger/history/{did}": {
+        "get": _op("ledgerHistoryOf", "An account's chain", {"type": "object"}, did=True)
+    },
     "/v1/ledger/transfer": {"post": _op("ledgerTransfer", "Send credits to a DID", _ACCOUNT, body=True)},
     "/v1/ledger/stake": {"post": _op("ledgerStake", "Bond credits as stake", _ACCOUNT, body=True)},
     "/v1/ledger/unstake": {"post": _op("ledgerUnstake", "Release stake", _ACCOUNT, body=True)},

@@ -40,6 +40,7 @@ are taken back; if it already spent them its balance goes negative (a debt, repo
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import struct
 from collections import OrderedDict
@@ -692,9 +693,7 @@ class Ledger:
         if balance < 0 or actual < 0:
             reason = f"balance would be {min(balance, actual)}"
             raise BlockRejected(f"{type.name.lower()} refused: {reason}", reason=reason)
-        fields_ = {f: getattr(draft, f) for f in _FIELDS}
-        fields_["balance"] = balance
-        block = sign_block(Block(**fields_), identity.sign)
+        block = sign_block(dataclasses.replace(draft, balance=balance), identity.sign)
         if len(block._body) > MAX_BLOCK_BYTES:
             raise BlockRejected("block over the size limit", reason="too large")
         if len(self._built) >= _MAX_BUILT:  # built but never offered: forget the oldest
@@ -719,6 +718,16 @@ class Ledger:
     def escrow(self, account: bytes | str, job: str) -> dict[str, Any] | None:
         esc = self._escrows.get(self._id(account), {}).get(job)
         return None if esc is None else self._escrow_json(job, esc)
+
+    def escrow_terms(self, account: bytes, job: str) -> tuple[str, int, int, dict[bytes, int]] | None:
+        """(state, amount, deadline_ms, {worker account: max pay}) without building DIDs: for the
+        request path, where ``escrow``'s base58 work would show."""
+        esc = self._escrows.get(account, {}).get(job)
+        return None if esc is None else (esc.state, esc.amount, esc.deadline_ms, esc.workers)
+
+    def height_of(self, account: bytes) -> int:
+        st = self._accounts.get(account)
+        return len(st.chain) if st is not None else 0
 
     def open_escrows(self, account: bytes | str) -> list[dict[str, Any]]:
         escrows = sorted(self._escrows.get(self._id(account), {}).items())

@@ -17,6 +17,7 @@ hash and so the old signature).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,11 +132,9 @@ def _attach(block: Block, body: bytes, digest: bytes) -> Block:
 
 def sign_block(block: Block, sign: Any) -> Block:
     """A copy of ``block`` signed by ``sign(message) -> signature`` (e.g. ``Identity.sign``)."""
-    unsigned = Block(**{f: getattr(block, f) for f in _INIT_FIELDS if f != "signature"})
-    digest = block_hash(unsigned)
-    signed = Block(**{f: getattr(unsigned, f) for f in _INIT_FIELDS if f != "signature"},
-                   signature=sign(digest))
-    return _attach(signed, unsigned._body, digest)
+    digest = block_hash(block)  # the body leaves the signature out: any copy of the fields will do
+    signed = dataclasses.replace(block, signature=sign(digest))  # a new object: empty caches
+    return _attach(signed, block._body, digest)
 
 
 _INIT_FIELDS = tuple(f for f in Block.__dataclass_fields__ if not f.startswith("_"))

@@ -81,11 +81,11 @@ def decode_batch(data: bytes, *, max_items: int = _BATCH_MAX) -> list[bytes]:
     while pos < len(data):
         if len(items) >= max_items or pos + 4 > len(data):
             raise RemoteProtocolError(f"ledger batch: malformed or over {max_items} items")
-        size = int.from_bytes(data[pos:pos + 4], "little")
+        size = int.from_bytes(data[pos : pos + 4], "little")
         pos += 4
         if size < 1 or pos + size > len(data):
             raise RemoteProtocolError("ledger batch: an item overruns the message")
-        items.append(data[pos:pos + size])
+        items.append(data[pos : pos + size])
         pos += size
     return items
 
@@ -99,8 +99,15 @@ def ledger_topic_name(genesis: Genesis) -> str:
 
 
 class LedgerNode:
-    def __init__(self, genesis: Genesis, identity: Any, data_dir: Path, *, sync_interval_s: float = 10.0,
-                 inbox: int = 4096) -> None:
+    def __init__(
+        self,
+        genesis: Genesis,
+        identity: Any,
+        data_dir: Path,
+        *,
+        sync_interval_s: float = 10.0,
+        inbox: int = 4096,
+    ) -> None:
         self.genesis = genesis
         self.identity = identity
         self.account = account_of_key(identity.public_key)
@@ -121,8 +128,17 @@ class LedgerNode:
         self._published: OrderedDict[bytes, None] = OrderedDict()  # digests of our last messages
         self._wire_seen: OrderedDict[bytes, None] = OrderedDict()  # digests of applied blocks' wire bytes
         self.changed = trio.Event()  # set (and replaced) whenever the ledger changes
-        self.stats = {"applied": 0, "held": 0, "rejected": 0, "duplicates": 0, "equivocations": 0,
-                      "dropped": 0, "synced": 0, "claims_made": 0, "claims_settled": 0}
+        self.stats = {
+            "applied": 0,
+            "held": 0,
+            "rejected": 0,
+            "duplicates": 0,
+            "equivocations": 0,
+            "dropped": 0,
+            "synced": 0,
+            "claims_made": 0,
+            "claims_settled": 0,
+        }
         self._nursery: trio.Nursery | None = None
         self._owed_to_me: OrderedDict[str, tuple[str, bytes, bytes, int]] = OrderedDict()  # job -> claim
         self._claiming: set[str] = set()
@@ -135,13 +151,19 @@ class LedgerNode:
         self.store = await trio.to_thread.run_sync(LedgerStore.open, self.path, self.genesis)
         try:
             self.ledger = await trio.to_thread.run_sync(self.store.replay, self.genesis)
-            log.info("ledger %s: %d blocks replayed, state %s", self.genesis.name, self.ledger.block_count,
-                     self.ledger.state_hash().hex()[:16])
+            log.info(
+                "ledger %s: %d blocks replayed, state %s",
+                self.genesis.name,
+                self.ledger.block_count,
+                self.ledger.state_hash().hex()[:16],
+            )
             yield self
         finally:
             await self.store.aclose()
 
-    def attach(self, gossip: Any, sync_client: Any, peers: Callable[[], list[str]], self_peer: str = "") -> None:
+    def attach(
+        self, gossip: Any, sync_client: Any, peers: Callable[[], list[str]], self_peer: str = ""
+    ) -> None:
         self._gossip, self._sync_client, self._peers = gossip, sync_client, peers
         self._self_peer = self_peer
 
@@ -236,8 +258,11 @@ class LedgerNode:
             self.stats["equivocations"] += 1
             a, b = offer.proof
             if await self.store.append_proof(a, b):
-                log.warning("ledger: EQUIVOCATION by %s at height %d: account frozen, stake slashed",
-                            did_of_account(a.account), a.height)
+                log.warning(
+                    "ledger: EQUIVOCATION by %s at height %d: account frozen, stake slashed",
+                    did_of_account(a.account),
+                    a.height,
+                )
                 self._queue_publish(_PROOF + encode_proof(a, b))
             self._changed()
 
@@ -394,9 +419,13 @@ class LedgerNode:
                     self._owed_to_me.pop(job, None)
                     if state == "refunded":
                         self.nonpayers[requester] = self.nonpayers.get(requester, 0) + 1
-                        log.warning("job=%s: requester %s refunded a job we delivered (a non-payer)", job, requester)
+                        log.warning(
+                            "job=%s: requester %s refunded a job we delivered (a non-payer)", job, requester
+                        )
                     elif state == "open":
-                        log.warning("job=%s: requester %s never settled nor answered our claim", job, requester)
+                        log.warning(
+                            "job=%s: requester %s never settled nor answered our claim", job, requester
+                        )
                     continue
                 if now <= deadline_ms or self._sync_client is None:
                     continue
@@ -438,15 +467,18 @@ class LedgerNode:
         try:
             await self.settle(job, [(worker, pay)], [receipt])
             self.stats["claims_settled"] += 1
-            log.info("job=%s: settled on the worker's claim: %d credits to %s", job, pay, did_of_account(worker))
+            log.info(
+                "job=%s: settled on the worker's claim: %d credits to %s", job, pay, did_of_account(worker)
+            )
         except LedgerError as exc:
             log.warning("job=%s: could not settle a claim: %s", job, exc)
         finally:
             self._claiming.discard(job)
 
     # ------------------------------------------------------------------ own blocks
-    async def commit(self, type_: BlockType, *, owe: Owed | None = None, clear: str | None = None,
-                     **fields: Any) -> Block:
+    async def commit(
+        self, type_: BlockType, *, owe: Owed | None = None, clear: str | None = None, **fields: Any
+    ) -> Block:
         """Sign, apply, persist (durably) and publish this node's next block.
 
         Raises:
@@ -455,8 +487,9 @@ class LedgerNode:
         block = self.ledger.next_block(self.identity, type_, timestamp_ms=unix_ms(), **fields)
         offer = self.ledger.offer(block)
         if offer.outcome is not Outcome.APPLIED:
-            raise BlockRejected(f"{type_.name.lower()} refused: {offer.reason or offer.outcome.value}",
-                                reason=offer.reason)
+            raise BlockRejected(
+                f"{type_.name.lower()} refused: {offer.reason or offer.outcome.value}", reason=offer.reason
+            )
         # no checkpoint between the offer and the enqueue inside append: store order = apply order
         await self.store.append(block, owe=owe, clear=clear)
         self.stats["applied"] += len(offer.applied)
@@ -479,18 +512,24 @@ class LedgerNode:
 
     def lock_amount(self, max_pays: list[int], paid_workers: int) -> int:
         """Enough to pay the ``paid_workers`` most expensive of ``max_pays`` and the fee."""
-        top = sorted(max_pays, reverse=True)[:max(1, paid_workers)]
+        top = sorted(max_pays, reverse=True)[: max(1, paid_workers)]
         return lock_required(sum(top), self.genesis.fee_bps)
 
     async def lock(self, job: str, amount: int, workers: list[tuple[bytes, int]], deadline_ms: int) -> Block:
         """Lock ``amount`` for ``job`` payable to ``workers`` (account, max pay).  The open escrow
         is itself the record of what is pending: a restart finds it in the ledger and resolves it."""
-        return await self.commit(BlockType.ESCROW_LOCK, job=job, amount=amount, payments=workers,
-                                 deadline_ms=deadline_ms)
+        return await self.commit(
+            BlockType.ESCROW_LOCK, job=job, amount=amount, payments=workers, deadline_ms=deadline_ms
+        )
 
     async def settle(self, job: str, payments: list[tuple[bytes, int]], receipts: list[bytes]) -> Block:
-        return await self.commit(BlockType.SETTLE, job=job, payments=payments, evidence=receipts,
-                                 clear=job if job in self._noted else None)
+        return await self.commit(
+            BlockType.SETTLE,
+            job=job,
+            payments=payments,
+            evidence=receipts,
+            clear=job if job in self._noted else None,
+        )
 
     async def refund(self, job: str) -> Block | None:
         esc = self.ledger.escrow(self.account, job)
@@ -512,14 +551,18 @@ class LedgerNode:
         if self.ledger.account(offender)["staked"] <= 0 or self.ledger.frozen(offender):
             return None
         height = self.ledger.account(offender)["height"]
-        return await self.commit(BlockType.SLASH, job=job, counterparty=offender, ref_height=height,
-                                 evidence=evidence)
+        return await self.commit(
+            BlockType.SLASH, job=job, counterparty=offender, ref_height=height, evidence=evidence
+        )
 
-    async def note_settlement(self, job: str, payments: list[tuple[bytes, int]], receipts: list[bytes]) -> None:
+    async def note_settlement(
+        self, job: str, payments: list[tuple[bytes, int]], receipts: list[bytes]
+    ) -> None:
         """Record that ``job`` is to be settled with these payments (before the settle block): a
         crash in between settles it on restart instead of refunding."""
-        data = json.dumps({"payments": [[a.hex(), p] for a, p in payments],
-                           "receipts": [r.hex() for r in receipts]}).encode()
+        data = json.dumps(
+            {"payments": [[a.hex(), p] for a, p in payments], "receipts": [r.hex() for r in receipts]}
+        ).encode()
         await self.store.owe(job, "settle", data)
         self._noted.add(job)
 
@@ -538,8 +581,11 @@ class LedgerNode:
                     continue
                 if o is not None and o.state == "settle":
                     doc = json.loads(o.data)
-                    await self.settle(job, [(bytes.fromhex(a), int(p)) for a, p in doc["payments"]],
-                                      [bytes.fromhex(r) for r in doc["receipts"]])
+                    await self.settle(
+                        job,
+                        [(bytes.fromhex(a), int(p)) for a, p in doc["payments"]],
+                        [bytes.fromhex(r) for r in doc["receipts"]],
+                    )
                 else:
                     esc = self.ledger.escrow(self.account, job) or {}
                     wait_s = (int(esc.get("deadline_ms", 0)) + self.genesis.grace_ms - unix_ms()) / 1000
@@ -559,26 +605,35 @@ class LedgerNode:
         """Our ``count`` blocks before ``block`` (encoded, oldest first): sent with a request so
         a worker that has not yet heard them by gossip need not fetch them."""
         start = max(1, block.height - count)
-        return tuple(encode_block(b) for b in self.ledger.blocks_from(self.account, start, block.height - start))
+        return tuple(
+            encode_block(b) for b in self.ledger.blocks_from(self.account, start, block.height - start)
+        )
 
-    async def accept_escrow(self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str,
-                            chain: tuple[bytes, ...] = ()) -> dict[str, Any]:
+    async def accept_escrow(
+        self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str, chain: tuple[bytes, ...] = ()
+    ) -> dict[str, Any]:
         """Check the escrow lock that came with a request; returns the open escrow.
 
         Raises:
             LedgerError: no valid lock for this job that names this node.
         """
         if not raw:
-            raise LedgerError("this network has a ledger: a capsule needs an escrow_lock block; none was sent")
+            raise LedgerError(
+                "this network has a ledger: a capsule needs an escrow_lock block; none was sent"
+            )
         try:
             block = decode_block(raw)
         except RemoteProtocolError as exc:
             raise LedgerError(f"escrow block: {exc}") from None
-        if block.type is not BlockType.ESCROW_LOCK or block.job != job or block.account != requester_key_account:
+        if (
+            block.type is not BlockType.ESCROW_LOCK
+            or block.job != job
+            or block.account != requester_key_account
+        ):
             raise LedgerError("escrow block is not an escrow_lock of this job by this requester")
         offer = self.ledger.offer(block)
         if offer.outcome is Outcome.HELD and chain:  # the requester sent its latest blocks along
-            known = self.ledger.account(block.account)["height"]
+            known = self.ledger.height_of(block.account)
             first_height = block.height - len(chain)  # the chain is the blocks just before the lock
             for i, prior in enumerate(chain[:16]):
                 if first_height + i <= known:
@@ -597,12 +652,18 @@ class LedgerNode:
             await self._take(offer, peer, durable=False)
         if offer.outcome not in (Outcome.APPLIED, Outcome.DUPLICATE):
             raise LedgerError(f"escrow lock not accepted: {offer.reason or offer.outcome.value}")
-        esc = self.ledger.escrow(block.account, job)
-        if esc is None or esc["state"] != "open":
-            raise LedgerError(f"escrow for {job} is {esc['state'] if esc else 'missing'}")
-        if self.did not in esc["workers"]:
+        terms = self.ledger.escrow_terms(block.account, job)
+        if terms is None or terms[0] != "open":
+            raise LedgerError(f"escrow for {job} is {terms[0] if terms else 'missing'}")
+        state, amount, deadline_ms, workers = terms
+        if self.account not in workers:
             raise LedgerError("the escrow does not name this node as a worker")
-        return esc
+        return {
+            "state": state,
+            "amount": amount,
+            "deadline_ms": deadline_ms,
+            "max_pay": workers[self.account],
+        }
 
     # ------------------------------------------------------------------ views
     def frozen_key(self, public_key: bytes) -> bool:
@@ -637,5 +698,10 @@ class LedgerNode:
         supply = fresh.supply()
         if supply["balances"] + supply["escrow"] + supply["staked"] != supply["minted"]:
             problems.append("supply is not conserved")
-        return {"ok": not problems, "state_hash": replayed, "blocks": count, "problems": problems[:20],
-                "live_state_hash": self.state_hash()}
+        return {
+            "ok": not problems,
+            "state_hash": replayed,
+            "blocks": count,
+            "problems": problems[:20],
+            "live_state_hash": self.state_hash(),
+        }

@@ -25,7 +25,14 @@ from libp2p.custom_types import TProtocol
 
 from inos_node.errors import PeerError, RemoteProtocolError
 from inos_node.net.delegation import open_protocol_stream
-from inos_node.net.framing import Admit, CorrelatedClient, FrameReader, InboundStreams, encode_frame, reset_quietly
+from inos_node.net.framing import (
+    Admit,
+    CorrelatedClient,
+    FrameReader,
+    InboundStreams,
+    encode_frame,
+    reset_quietly,
+)
 from inos_node.wire.ledger import (
     MAX_SYNC_BYTES,
     SyncBlocks,
@@ -63,7 +70,9 @@ class SyncSource:
 
 
 class LedgerSyncServer:
-    def __init__(self, host: Any, source: SyncSource, *, admit: Admit | None = None, max_streams: int = 64) -> None:
+    def __init__(
+        self, host: Any, source: SyncSource, *, admit: Admit | None = None, max_streams: int = 64
+    ) -> None:
         self._host = host
         self._source = source
         self._inbound = InboundStreams("ledger-sync", max_streams=max_streams, max_per_peer=2, admit=admit)
@@ -159,7 +168,10 @@ class LedgerSyncClient:
         """Every account's head at ``peer_id`` (and the equivocation proofs it holds)."""
         return await self._call(peer_id, SyncHeads(self._core.next_request_id()))
 
-    async def blocks(self, peer_id: str, account: bytes, from_height: int, limit: int = MAX_BLOCKS_PER_RESPONSE
-                     ) -> list[bytes]:
-        resp = await self._call(peer_id, SyncBlocks(self._core.next_request_id(), account, from_height, limit))
+    async def blocks(
+        self, peer_id: str, account: bytes, from_height: int, limit: int = MAX_BLOCKS_PER_RESPONSE
+    ) -> list[bytes]:
+        resp = await self._call(
+            peer_id, SyncBlocks(self._core.next_request_id(), account, from_height, limit)
+        )
         return list(resp.blocks)
