@@ -24,7 +24,7 @@ import blake3
 
 from inos_node.identity import verify
 
-__all__ = ["VerifiedCache", "remember_own", "verify_once"]
+__all__ = ["VerifiedCache", "forget_all", "remember_own", "verify_once"]
 
 _LENGTHS = struct.Struct("<HH")
 
@@ -91,3 +91,10 @@ def verify_once(public_key: bytes, message: bytes, signature: bytes) -> bool:
 def remember_own(public_key: bytes, message: bytes, signature: bytes) -> None:
     """See ``VerifiedCache.remember``: only for signatures made by this process."""
     _RECEIPTS.remember(public_key, message, signature)
+
+
+def forget_all() -> None:
+    """Empty the process-wide cache (benchmarks: a requester has not verified its worker's
+    receipts before; tests)."""
+    with _RECEIPTS._lock:
+        _RECEIPTS._seen.clear()

@@ -234,6 +234,9 @@ def _bench_settle(report: dict[str, Any], quick: bool, say: Callable[[str], None
                                         capsule=capsule, input_digest=digest, output=output, cost=price,
                                         metrics=Metrics())) for i in range(n)]
     lock_amount = lock_required(price, genesis.fee_bps)
+    from inos_node import sigcache
+
+    sigcache.forget_all()  # those receipts were signed here: the requester has not seen them yet
     t0 = time.thread_time_ns()
     for job, receipt in jobs:
         lock = ledger.next_block(requester, BlockType.ESCROW_LOCK, amount=lock_amount, job=job,

@@ -164,7 +164,8 @@ class Ledger:
         self._reverted: set[bytes] = set()  # hashes of blocks applied, then reverted by a cut
         self._proof_counted: set[bytes] = set()  # proof blocks whose credits were counted unapplied
         self._keys: dict[bytes, bytes] = {}  # public key -> account id (blake3 once per key)
-        self._built: dict[bytes, Block] = {}  # hash -> a block next_block signed (see offer)
+        # hash -> (a block next_block signed, its own-delta after, the author's head it followed)
+        self._built: dict[bytes, tuple[Block, int, bytes]] = {}
         self._evidence: OrderedDict[bytes, tuple[bytes, Any]] = OrderedDict()  # see _receipts
         self._blocks = 0
         for account, amount in genesis.allocations:
@@ -182,10 +183,15 @@ class Ledger:
         key the block names, a moment ago.  Every other node verifies it as usual, and every
         other rule (height, previous, credits, balance, escrow, receipts) is checked here too.
         Identity, not equality, is what counts: a decoded copy or a ``replace``d block is a
-        different object and is verified.
+        different object and is verified.  Its type rules are not evaluated twice either when the
+        author's head is still the one ``next_block`` built on: they read only the author's own
+        chain and escrows (not for slashes, which read the offender's), which only the author's
+        own blocks change, so the verdict and own-delta computed then still hold.
         """
-        own = bool(self._built) and self._built.pop(block_hash(block), None) is block
-        result, touched = self._offer_one(block, verified=own)
+        built = self._built.pop(block_hash(block), None) if self._built else None
+        own = built is not None and built[0] is block
+        rules = built[1:] if own and block.type is not BlockType.SLASH else None  # type: ignore[index]
+        result, touched = self._offer_one(block, verified=own, built=rules)
         if touched and self._held:
             self._release(touched, result.applied)
         return result
@@ -210,7 +216,8 @@ class Ledger:
             self._release(touched, offer.applied)
         return offer
 
-    def _offer_one(self, block: Block, *, verified: bool) -> tuple[Offer, list[bytes]]:
+    def _offer_one(self, block: Block, *, verified: bool, built: tuple[int, bytes] | None = None
+                   ) -> tuple[Offer, list[bytes]]:
         bad = self._shape(block)
         if bad:
             return Offer(Outcome.REJECTED, bad), []
@@ -256,7 +263,10 @@ class Ledger:
             seen = st.seen if st is not None else 0
             if block.credits > seen:
                 raise _Held(f"declares {block.credits} credits, {seen} seen here", None)
-            reason, own_after = self._rules(block, st)
+            if built is not None and built[1] == head:
+                reason, own_after = "", built[0]  # next_block checked these rules on this very head
+            else:
+                reason, own_after = self._rules(block, st)
         except _Held as held:
             if len(self._held) >= self.max_held:
                 return Offer(Outcome.REJECTED, f"held queue full ({self.max_held} blocks)"), []
@@ -698,7 +708,7 @@ class Ledger:
             raise BlockRejected("block over the size limit", reason="too large")
         if len(self._built) >= _MAX_BUILT:  # built but never offered: forget the oldest
             del self._built[next(iter(self._built))]
-        self._built[block_hash(block)] = block
+        self._built[block_hash(block)] = (block, own_after, block.previous)
         return block
 
     # ------------------------------------------------------------------------------- queries
