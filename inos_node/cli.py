@@ -267,6 +267,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     except InvalidParams as exc:
         raise _Usage(str(exc)) from exc
     client = _client(args)
+    if sys.stderr.isatty() or os.environ.get("INOS_PROGRESS") == "1":
+        client.progress = _upload_progress
     record = _api_call(client.run, req)
     output = record.output or b""
     if args.json:
@@ -294,6 +296,16 @@ def cmd_submit(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(output)
         sys.stdout.buffer.flush()
     return 0
+
+
+def _upload_progress(sent: int, total: int) -> None:
+    """One line on stderr, redrawn: how much of a large upload has gone to the node."""
+    mib = 1024 * 1024
+    width = 30
+    done = int(width * sent / total)
+    end = "\n" if sent >= total else ""
+    print(f"\rinos: uploading [{'#' * done}{'.' * (width - done)}] {sent / mib:.0f}/{total / mib:.0f} MiB",
+          end=end, file=sys.stderr, flush=True)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> None:

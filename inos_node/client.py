@@ -50,6 +50,19 @@ TOKEN_FILE: Final = "api.token"  # == inos_node.identity.TOKEN_FILE (not importe
 _TOKEN_HELP: Final = "the API token was refused (use --token, INOS_TOKEN or --data-dir)"
 
 
+_PROGRESS_MIN = 4 * 1024 * 1024
+_CHUNK = 1024 * 1024
+
+
+def _chunks(body: bytes, progress: Any) -> Iterator[bytes]:
+    """``body`` in 1 MiB pieces, reporting (sent, total) after each."""
+    view = memoryview(body)
+    for start in range(0, len(body), _CHUNK):
+        piece = view[start:start + _CHUNK]
+        yield bytes(piece)
+        progress(min(start + _CHUNK, len(body)), len(body))
+
+
 class ApiError(InosError):
     """The control API could not be reached, refused us, or answered an error."""
 
@@ -135,6 +148,8 @@ class Client:
         self.timeout = timeout
 
     # ------------------------------------------------------------------ raw
+    progress: Any = None  # callable(sent, total) for large uploads (the CLI draws a bar on a TTY)
+
     def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
@@ -156,7 +171,12 @@ class Client:
         try:
             try:
                 try:
-                    conn.request(method, path, body=body, headers=self._headers(headers))
+                    hdrs = self._headers(headers)
+                    payload: Any = body
+                    if body is not None and self.progress is not None and len(body) >= _PROGRESS_MIN:
+                        hdrs["Content-Length"] = str(len(body))
+                        payload = _chunks(body, self.progress)
+                    conn.request(method, path, body=payload, headers=hdrs)
                 except (BrokenPipeError, ConnectionResetError):
                     if body is None:
                         raise

@@ -325,3 +325,20 @@ def test_resolution_order(tmp_path: Path) -> None:
     assert Client("localhost").url == "http://localhost:5050"
     with pytest.raises(ConfigError):
         Client("https://example.org:1")
+
+
+def test_a_large_upload_shows_progress(inos_cmd: list[str], node_api: str, tmp_path: Path) -> None:
+    """On a terminal (or with INOS_PROGRESS=1) a large input's upload draws a progress line."""
+    src = tmp_path / "big.bin"
+    data = bytes(range(256)) * (5 * 4096)  # 5 MiB: over the 4 MiB threshold once base64-encoded
+    src.write_bytes(data)
+    p = run(inos_cmd, "submit", "compute.reverse", "--input", str(src), "--api", node_api, "--token", TOKEN,
+            env=_env(INOS_PROGRESS="1"))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == data[::-1]
+    lines = p.stderr.decode().replace("\r", "\n").split()
+    assert "uploading" in lines and lines[-1].endswith("MiB")
+    final = p.stderr.decode().replace("\r", "\n").strip().splitlines()[-1]
+    assert final.startswith("inos: uploading [" + "#" * 30 + "]"), final
+    p = run(inos_cmd, "submit", "compute.reverse", "--input", str(src), "--api", node_api, "--token", TOKEN)
+    assert p.returncode == 0 and p.stderr == b"", "no progress when stderr is not a terminal"
