@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -290,10 +291,25 @@ def _read_receipt_body(r: Any) -> ReceiptBody:
     )
 
 
+_BODIES: OrderedDict[bytes, ReceiptBody] = OrderedDict()  # recently decoded receipt bodies
+_MAX_BODIES = 1024
+
+
 def decode_receipt_body(data: bytes | memoryview, *, max_bytes: int = 64 * 1024) -> ReceiptBody:
+    """Decode a receipt body (memoized: a paid job's receipt body is read when the requester
+    verifies it and again when its ledger checks the settle that carries it; decoding is pure
+    and ``ReceiptBody`` is frozen, so the same bytes may share one result)."""
+    key = bytes(data)
+    hit = _BODIES.get(key) if len(key) <= max_bytes else None  # over the limit: decode (and fail)
+    if hit is not None:
+        _BODIES.move_to_end(key)
+        return hit
     result: ReceiptBody = decode_struct(
-        _schema().ReceiptBody, data, max_bytes, "receipt body", _read_receipt_body
+        _schema().ReceiptBody, key, max_bytes, "receipt body", _read_receipt_body
     )
+    _BODIES[key] = result
+    if len(_BODIES) > _MAX_BODIES:
+        _BODIES.popitem(last=False)
     return result
 
 

@@ -46,8 +46,13 @@ def _leftovers(state: dict[str, object]) -> tuple[list[int], list[str]]:
 
 def test_testnet_lifecycle(inos_cmd: list[str], tmp_path: Path) -> None:
     root = tmp_path / "tn"
-    base = 20000 + free_port() % 20000
-    up = _inos(inos_cmd, "testnet", "up", "--nodes", "3", "--dir", str(root), "--base-port", str(base))
+    # Below the kernel's ephemeral range (32768+), where outgoing connections take their ports;
+    # a port some other program holds by chance is refused clearly by `up`: try another base.
+    for _ in range(5):
+        base = 20000 + free_port() % 10000
+        up = _inos(inos_cmd, "testnet", "up", "--nodes", "3", "--dir", str(root), "--base-port", str(base))
+        if "are in use" not in up.stderr:
+            break
     try:
         assert up.returncode == 0, up.stderr
         assert "healthy and fully connected" in up.stderr and up.stdout == ""
