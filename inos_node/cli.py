@@ -48,9 +48,15 @@ examples:
   inos demo                                          a local node: boids + a few capsules
   inos bench local --json                            the benchmarks, each beside its baseline
 
+a mesh that pays for capsules:
+  inos testnet up --nodes 3                          local node processes with one genesis
+  inos node run --genesis genesis.json ...           one node (see `inos node run --help`)
+  inos genesis create --out g.json --alloc DID=1000  a credits network of your own
+
 talking to a running node (its control API; see `inos submit --help`):
   inos submit compute.blake3 --input file.bin | xxd   run a capsule on the node or the mesh
   inos peers · inos jobs · inos token
+  inos ledger balance --json · inos ledger verify    the replicated credits ledger
 """
 
 
