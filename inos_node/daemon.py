@@ -593,11 +593,10 @@ class NodeDaemon:
             escrow.max_pay[peer] = price * units
             escrow.account[peer] = account_of_key(public_key_of_peer_id(peer))
             workers.append((escrow.account[peer], escrow.max_pay[peer]))
-        paid_workers = len(workers)
-        amount = self.economy.lock_amount([m for _, m in workers], paid_workers)
+        amount = self.economy.lock_amount([m for _, m in workers])
         if req.budget and amount > req.budget:
             raise BudgetExceeded(f"the escrow for {req.capsule} needs {amount} credits ({units} unit(s) at up to "
-                                 f"{max(m for _, m in workers) // max(1, units)} per unit for {paid_workers} "
+                                 f"{max(m for _, m in workers) // max(1, units)} per unit for {len(workers)} "
                                  f"worker(s), plus the fee) but the budget is {req.budget}",
                                  kind="budget", used=amount, limit=req.budget)
         deadline_ms = int(time.time() * 1000 + max(0.0, deadline - trio.current_time()) * 1000)

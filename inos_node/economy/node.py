@@ -35,7 +35,6 @@ Credits are never lost: until the requester's node settles or refunds, the escro
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -51,7 +50,7 @@ import trio
 from inos_node.economy.genesis import Genesis
 from inos_node.economy.ledger import Ledger, Offer, Outcome, lock_required, settle_fee
 from inos_node.economy.model import Block, BlockType, account_of_key, did_of_account
-from inos_node.economy.store import LedgerStore, Owed
+from inos_node.economy.store import LedgerStore
 from inos_node.errors import BlockRejected, LedgerError, PeerError, RemoteProtocolError
 from inos_node.wire.ledger import decode_block, decode_proof, encode_block, encode_proof
 
@@ -142,7 +141,6 @@ class LedgerNode:
         self._nursery: trio.Nursery | None = None
         self._owed_to_me: OrderedDict[str, tuple[str, bytes, bytes, int]] = OrderedDict()  # job -> claim
         self._claiming: set[str] = set()
-        self._noted: set[str] = set()  # jobs with a settlement note in the store (note_settlement)
         self.nonpayers: dict[str, int] = {}  # requester peer id -> refunds of jobs we had a receipt for
 
     # ------------------------------------------------------------------ lifetime
@@ -477,7 +475,7 @@ class LedgerNode:
 
     # ------------------------------------------------------------------ own blocks
     async def commit(
-        self, type_: BlockType, *, owe: Owed | None = None, clear: str | None = None, **fields: Any
+        self, type_: BlockType, **fields: Any
     ) -> Block:
         """Sign, apply, persist (durably) and publish this node's next block.
 
@@ -491,7 +489,7 @@ class LedgerNode:
                 f"{type_.name.lower()} refused: {offer.reason or offer.outcome.value}", reason=offer.reason
             )
         # no checkpoint between the offer and the enqueue inside append: store order = apply order
-        await self.store.append(block, owe=owe, clear=clear)
+        await self.store.append(block)
         self.stats["applied"] += len(offer.applied)
         self._changed()
         self._queue_publish(_BLOCK + encode_block(block))
@@ -510,10 +508,9 @@ class LedgerNode:
     def fee_of(self, paid: int) -> int:
         return settle_fee(paid, self.genesis.fee_bps)
 
-    def lock_amount(self, max_pays: list[int], paid_workers: int) -> int:
-        """Enough to pay the ``paid_workers`` most expensive of ``max_pays`` and the fee."""
-        top = sorted(max_pays, reverse=True)[: max(1, paid_workers)]
-        return lock_required(sum(top), self.genesis.fee_bps)
+    def lock_amount(self, max_pays: list[int]) -> int:
+        """Enough to pay every named worker its max and the fee on it all (the ledger's rule)."""
+        return lock_required(sum(max_pays), self.genesis.fee_bps)
 
     async def lock(self, job: str, amount: int, workers: list[tuple[bytes, int]], deadline_ms: int) -> Block:
         """Lock ``amount`` for ``job`` payable to ``workers`` (account, max pay).  The open escrow
@@ -528,7 +525,6 @@ class LedgerNode:
             job=job,
             payments=payments,
             evidence=receipts,
-            clear=job if job in self._noted else None,
         )
 
     async def refund(self, job: str) -> Block | None:
@@ -536,7 +532,7 @@ class LedgerNode:
         if esc is None or esc["state"] != "open":
             await self.store.clear(job)
             return None
-        return await self.commit(BlockType.REFUND, job=job, clear=job if job in self._noted else None)
+        return await self.commit(BlockType.REFUND, job=job)
 
     async def _refund_later(self, job: str, wait_s: float) -> None:
         await trio.sleep(wait_s)
@@ -555,49 +551,26 @@ class LedgerNode:
             BlockType.SLASH, job=job, counterparty=offender, ref_height=height, evidence=evidence
         )
 
-    async def note_settlement(
-        self, job: str, payments: list[tuple[bytes, int]], receipts: list[bytes]
-    ) -> None:
-        """Record that ``job`` is to be settled with these payments (before the settle block): a
-        crash in between settles it on restart instead of refunding."""
-        data = json.dumps(
-            {"payments": [[a.hex(), p] for a, p in payments], "receipts": [r.hex() for r in receipts]}
-        ).encode()
-        await self.store.owe(job, "settle", data)
-        self._noted.add(job)
-
     async def resolve_pending(self) -> list[str]:
-        """After a restart: settle what was verified and noted; refund every other open escrow of
-        ours once its deadline + grace has passed (until then a worker may claim it)."""
+        """After a restart: every open escrow of ours is refunded once its deadline + grace has
+        passed (until then a worker holding a receipt may claim it, and the claim settles it).
+        Rows of the store's pending-settlement table, which older versions wrote, are cleared."""
+        for stale in self.store.owed():
+            await self.store.clear(stale.job)
         done = []
-        owed = {o.job: o for o in self.store.owed()}
-        open_jobs = {e["job"] for e in self.ledger.open_escrows(self.account)}
-        self._noted.update(owed)
-        for job in sorted(open_jobs | set(owed)):
-            o = owed.get(job)
+        for esc in self.ledger.open_escrows(self.account):
+            job = esc["job"]
+            wait_s = (int(esc["deadline_ms"]) + self.genesis.grace_ms - unix_ms()) / 1000
+            if wait_s > 0 and self._nursery is not None:
+                self._nursery.start_soon(self._refund_later, job, wait_s)
+                continue
             try:
-                if job not in open_jobs:
-                    await self.store.clear(job)
-                    continue
-                if o is not None and o.state == "settle":
-                    doc = json.loads(o.data)
-                    await self.settle(
-                        job,
-                        [(bytes.fromhex(a), int(p)) for a, p in doc["payments"]],
-                        [bytes.fromhex(r) for r in doc["receipts"]],
-                    )
-                else:
-                    esc = self.ledger.escrow(self.account, job) or {}
-                    wait_s = (int(esc.get("deadline_ms", 0)) + self.genesis.grace_ms - unix_ms()) / 1000
-                    if wait_s > 0 and self._nursery is not None:
-                        self._nursery.start_soon(self._refund_later, job, wait_s)
-                        continue
-                    await self.refund(job)
+                await self.refund(job)
                 done.append(job)
-            except (LedgerError, ValueError, KeyError) as exc:
-                log.error("ledger: could not resolve pending job %s: %s", job, exc)
+            except LedgerError as exc:
+                log.error("ledger: could not refund pending job %s: %s", job, exc)
         if done:
-            log.info("ledger: resolved %d pending escrow(s) after restart", len(done))
+            log.info("ledger: refunded %d escrow(s) left open before the restart", len(done))
         return done
 
     # ------------------------------------------------------------------ escrow (worker side)

@@ -168,20 +168,7 @@ class BlobServer:
         self.streams_reset = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self._inbound.running = True
-        self._host.set_stream_handler(PROTOCOL, self._on_stream)
-        try:
-            task_status.started()
-            await trio.sleep_forever()
-        finally:
-            self._inbound.stop()
-            try:
-                self._host.remove_stream_handler(PROTOCOL)
-            except Exception:  # noqa: BLE001 - a host already shut down has no handlers to remove
-                log.debug("remove_stream_handler failed", exc_info=True)
-
-    async def _on_stream(self, stream: Any) -> None:
-        await self._inbound.serve(stream, self._serve)
+        await self._inbound.run(self._host, PROTOCOL, self._serve, task_status=task_status)
 
     async def _serve(self, stream: Any, peer_id: str) -> None:
         reader = FrameReader(stream, limit=_MAX_REQUEST_FRAME)

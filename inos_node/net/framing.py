@@ -403,6 +403,27 @@ class InboundStreams:
         for scope in list(self._scopes):
             scope.cancel()
 
+    async def run(self, host: Any, protocol: Any, serve: Callable[[Any, str], Awaitable[None]], *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """A server's whole lifetime: register ``protocol`` on ``host`` (each stream goes to
+        ``serve`` through ``self.serve``), run until cancelled, then tear every stream down and
+        unregister."""
+
+        async def on_stream(stream: Any) -> None:
+            await self.serve(stream, serve)
+
+        self.running = True
+        host.set_stream_handler(protocol, on_stream)
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self.stop()
+            try:
+                host.remove_stream_handler(protocol)
+            except Exception:  # noqa: BLE001 - a host already shut down has no handlers to remove
+                log.debug("%s: remove_stream_handler failed", self.name, exc_info=True)
+
     async def serve(self, stream: Any, serve: Callable[[Any, str], Awaitable[None]]) -> None:
         """Run ``serve(stream, peer_id)`` for one inbound stream, guarded as described above."""
         peer_id = "?"
