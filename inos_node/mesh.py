@@ -38,7 +38,7 @@ from inos_node.net.dht import Dht
 from inos_node.net.discovery import Bootstrapper
 from inos_node.net.gossip import AdvertBook, AdvertPublisher, Gossip, Topic, adverts_topic, unix_ms
 from inos_node.net.hello import HelloGate
-from inos_node.net.host import HostConfig, connect, open_host
+from inos_node.net.host import HostConfig, connect, open_host, public_key_of_peer_id
 from inos_node.protocols.adverts import Advert, MethodPrice
 from inos_node.protocols.decider import PeerView
 from inos_node.receipts import receipt_json, sign_receipt, verify_receipt
@@ -185,8 +185,6 @@ class Mesh:
         economy = self.daemon.economy
         if economy is not None:
             try:
-                from inos_node.net.host import public_key_of_peer_id
-
                 if economy.frozen_key(public_key_of_peer_id(peer_id)):
                     return 0.0
             except RemoteProtocolError:
@@ -347,8 +345,6 @@ class Mesh:
                 error=f"unpaid: you refunded {self.daemon.economy.nonpayers[peer_id]} jobs this node delivered"))
         if self.daemon.economy is not None:
             try:  # escrow before execution: no valid lock naming us, no work
-                from inos_node.net.host import public_key_of_peer_id
-
                 escrow = await self.daemon.economy.accept_escrow(
                     run.escrow, requester_key_account=account_of_key(public_key_of_peer_id(peer_id)),
                     job=job.job_id, peer=peer_id, chain=run.escrow_chain)
