@@ -11,7 +11,6 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -97,7 +96,7 @@ def routes(service: Any, read_body: Callable[[Request], Awaitable[bytes]]) -> li
         return JSONResponse({**node.supply(), "state_hash": node.state_hash()})
 
     async def verify(request: Request, node: Any) -> Response:
-        return JSONResponse(await trio.to_thread.run_sync(node.verify))
+        return JSONResponse(await node.audit())
 
     async def history(request: Request, node: Any) -> Response:
         did = request.path_params.get("did") or node.did

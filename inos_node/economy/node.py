@@ -118,6 +118,9 @@ class LedgerNode:
         self.store: LedgerStore = None  # type: ignore[assignment]
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[tuple[bytes, str]](inbox)
         self._persist_send, self._persist_recv = trio.open_memory_channel[Block](inbox)
+        self._unpersisted = 0  # peers' blocks applied in memory, not yet stored
+        self._drained = trio.Event()
+        self._drained.set()
         self._publish_send, self._publish_recv = trio.open_memory_channel[bytes](inbox)
         self._sync_send, self._sync_recv = trio.open_memory_channel[tuple[str, bytes, int]](256)
         self._gossip: Any = None
@@ -226,6 +229,14 @@ class LedgerNode:
                 await self.store.append(block)
             except LedgerError as exc:
                 log.error("ledger: could not store a peer's block (sync will fetch it again): %s", exc)
+            finally:
+                self._unpersisted -= 1
+                if not self._unpersisted:
+                    self._drained.set()
+
+    async def flush(self) -> None:
+        """Wait until every block applied so far is in the store (``verify`` reads the store)."""
+        await self._drained.wait()
 
     async def _take(self, offer: Offer, peer: str, *, durable: bool = False) -> None:
         """Persist what an offer applied (now, or in the background when not ``durable``);
@@ -240,6 +251,10 @@ class LedgerNode:
                     self._persist_send.send_nowait(block)
                 except trio.WouldBlock:
                     await self.store.append(block)
+                    continue
+                if not self._unpersisted:
+                    self._drained = trio.Event()
+                self._unpersisted += 1
         if offer.applied:
             self.stats["applied"] += len(offer.applied)
             self._changed()
@@ -651,9 +666,15 @@ class LedgerNode:
     def state_hash(self) -> str:
         return self.ledger.state_hash().hex()
 
+    async def audit(self) -> dict[str, Any]:
+        """``verify``, once every block applied so far has reached the store."""
+        await self.flush()
+        live = self.state_hash()  # the live state now, when the store holds exactly what it applied
+        return {**await trio.to_thread.run_sync(self.verify), "live_state_hash": live}
+
     def verify(self) -> dict[str, Any]:
-        """Re-validate every stored block from genesis, signatures included (runs in a thread:
-        it reads the store on its own connection and builds a separate ledger)."""
+        """Re-validate every stored block from genesis, signatures included (blocking: it reads
+        the store on its own connection and builds a separate ledger; from trio use ``audit``)."""
         fresh = Ledger(self.genesis, verify_signatures=True, max_held=10_000_000)
         problems: list[str] = []
         blocks, proofs = self.store.load()
@@ -676,5 +697,4 @@ class LedgerNode:
             "state_hash": replayed,
             "blocks": count,
             "problems": problems[:20],
-            "live_state_hash": self.state_hash(),
         }
