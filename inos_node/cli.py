@@ -47,6 +47,7 @@ examples:
   inos exec wasm.run --module tests/capsules/echo.wat --input - --json
   inos demo                                          a local node: boids + a few capsules
   inos bench local --json                            the benchmarks, each beside its baseline
+  inos bench deploy --quick                          node start, idle memory and testnet up time
 
 a mesh that pays for capsules:
   inos testnet up --nodes 3                          local node processes with one genesis
@@ -189,6 +190,12 @@ def cmd_bench_ledger(args: argparse.Namespace) -> int:
     from inos_node.bench.ledger import run_ledger
 
     return _print_report(run_ledger(quick=args.quick, progress=not args.json), args.json)
+
+
+def cmd_bench_deploy(args: argparse.Namespace) -> int:
+    from inos_node.bench.deploy import run_deploy
+
+    return _print_report(run_deploy(quick=args.quick, nodes=args.nodes, progress=not args.json), args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -492,6 +499,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, noisier)")
     b.set_defaults(fn=cmd_bench_ledger)
+    b = bsub.add_parser(
+        "deploy", help="node start to API ready, idle memory per node and testnet up time beside python "
+                       "start, import and RSS baselines",
+        description="Start a node on a fresh data dir 5 times (3 with --quick) and time each from spawn to "
+                    "the first 200 from its /v1/health, beside spawning `python -c pass` and importing the "
+                    "node; then bring up a local testnet (`inos testnet up`, in a temp dir, on free ports "
+                    "below the kernel's ephemeral port range), measure each idle node's RSS with its worker "
+                    "processes, take it down and check that no process or /dev/shm arena is left. Keys are documented in "
+                    "inos_node/bench/deploy.py. Targets: start <= 1500 ms, <= 150 MB per node, "
+                    "10 nodes up in <= 30 s.")
+    b.add_argument("--json", action="store_true", help="print one JSON object (no progress on stderr)")
+    b.add_argument("--quick", action="store_true",
+                   help="3 node starts and a 3-node testnet (a smoke run, noisier)")
+    b.add_argument("--nodes", type=int, metavar="N",
+                   help="testnet size, 1 to 100 (default 10, or 3 with --quick)")
+    b.set_defaults(fn=cmd_bench_deploy)
 
     p = sub.add_parser("demo", help="a local node: the boids showcase and a few capsules, with live epochs")
     p.add_argument("--boids", type=int, default=10_000, help="flock size (default 10000)")

@@ -136,7 +136,7 @@ class NodeDaemon:
                 genesis = Genesis.load(cfg.genesis)
                 self.network_id = genesis.network_id  # nodes of another genesis are not our peers
             node_cfg = NodeConfig(name=f"inos-{cfg.name or 'node'}", process_workers=cfg.process_workers,
-                                  arena_size=cfg.arena_size, background_workers=True)
+                                  arena_size=cfg.arena_size, background_workers=True, lazy_workers=True)
             async with LocalNode(node_cfg).open() as local, contextlib.AsyncExitStack() as stack:
                 self.local = local
                 if genesis is not None:
@@ -607,7 +607,7 @@ class NodeDaemon:
             raise BudgetExceeded(f"cannot lock {amount} credits in escrow for {req.capsule}: {exc.reason} "
                                  f"(balance {bal})", kind="budget", used=amount, limit=bal) from None
         escrow.block = encode_block(block)
-        escrow.chain = self.economy.chain_before(block)
+        escrow.lock = block
         escrow.amount = amount
         self.book.update(job_id, status="running", escrow=amount)
 
@@ -641,7 +641,13 @@ class NodeDaemon:
             return self._record_from(result, "local", None)
         if escrow is None:
             return await self.net.run_remote(job_id, req, target, left_ms)
-        return await self.net.run_remote(job_id, req, target, left_ms, escrow.block, escrow.chain)
+        assert self.economy is not None
+        # the worker needs our chain up to the lock: send what it is not known to hold yet
+        chain = self.economy.chain_before(escrow.lock, peer=target)
+        rec = await self.net.run_remote(job_id, req, target, left_ms, escrow.block, chain)
+        if rec["status"] == Status.SUCCESS.value:
+            self.economy.peer_holds(target, escrow.lock.height)  # it ran the job: it took the lock
+        return rec
 
     def _record_from(self, result: JobResult, executor: str, receipt: Any) -> dict[str, Any]:
         output = bytes(result.output) if isinstance(result.output, bytes | bytearray | memoryview) else b""
@@ -666,7 +672,7 @@ class _Escrow:
     """A job's escrow, as its requester tracks it."""
 
     block: bytes = b""  # the encoded escrow_lock block (sent with every delegate request)
-    chain: tuple[bytes, ...] = ()  # our blocks just before it (a worker may not have them yet)
+    lock: Any = None  # the same block, decoded
     amount: int = 0
     settled: bool = False
     max_pay: dict[str, int] = field(default_factory=dict)  # peer id -> max pay

@@ -113,7 +113,8 @@ class Mesh:
                                    lambda: sorted(self.connected() & set(self.gate.verified_peers())),
                                    self_peer=self.peer_id)
                     await n.start(economy.run)
-                self.server = DelegationServer(host, self._serve, max_concurrent=cfg.max_jobs, admit=self.gate.admit)
+                self.server = DelegationServer(host, self._serve, max_concurrent=cfg.max_jobs, admit=self.gate.admit,
+                                               fast=self._serve_now)
                 await n.start(self.server.run)
                 self.client = DelegationClient(host)
                 await n.start(self.client.run)
@@ -334,24 +335,69 @@ class Mesh:
         with job_context(run.job.job_id, peer_id=peer_id):
             return await self._serve_job(run, peer_id)
 
+    def _serve_now(self, run: DelegateRun, peer_id: str) -> DelegateResponse | None:
+        """``_serve`` without awaiting, for the common small job: an inline input, a capsule that
+        runs inline, and an escrow that applies without fetching anything.  None when any step
+        would have to wait (the delegation server then runs ``_serve`` in a task of its own).
+        The same checks, in the same order, as ``_serve_job``."""
+        job = run.job
+        d = self.daemon
+        if d.config.test_hang or job.module_digest or not isinstance(job.input, bytes | bytearray | memoryview):
+            return None
+        if not d.local.runs_now(job):
+            return None
+        with job_context(job.job_id, peer_id=peer_id):
+            refused = self._refuse_nonpayer(run, peer_id)
+            if refused is not None:
+                return refused
+            escrow: dict[str, Any] | None = None
+            if d.economy is not None:
+                try:
+                    escrow = d.economy.accept_escrow_now(
+                        run.escrow, requester_key_account=account_of_key(public_key_of_peer_id(peer_id)),
+                        job=job.job_id, peer=peer_id, chain=run.escrow_chain)
+                except (LedgerError, RemoteProtocolError) as exc:
+                    return self._unpaid(run, peer_id, exc)
+                if escrow is None:
+                    return None  # the lock waits for blocks to fetch: the slow path does it
+            data = bytes(job.input)
+            if blake3.blake3(data).digest() != run.input_digest:
+                return DelegateResponse(run.request_id, JobResult(
+                    job.job_id, Status.FAILED, error="the inline input does not match its digest", retryable=True))
+            result = d.local.execute_now(replace(job, input=data))
+            if result is None:
+                return None  # (the escrow, if any, is applied; the slow path finds it open)
+            return self._answer(run, peer_id, result, escrow)
+
+    def _refuse_nonpayer(self, run: DelegateRun, peer_id: str) -> DelegateResponse | None:
+        economy = self.daemon.economy
+        if economy is None or economy.nonpayers.get(peer_id, 0) < NONPAYER_LIMIT:
+            return None
+        return DelegateResponse(run.request_id, JobResult(
+            run.job.job_id, Status.FAILED, retryable=False,
+            error=f"unpaid: you refunded {economy.nonpayers[peer_id]} jobs this node delivered"))
+
+    @staticmethod
+    def _unpaid(run: DelegateRun, peer_id: str, exc: Exception) -> DelegateResponse:
+        log.info("job=%s: refused for %s: %s", run.job.job_id, peer_id, exc)
+        return DelegateResponse(run.request_id, JobResult(run.job.job_id, Status.FAILED,
+                                                          error=f"unpaid: {exc}", retryable=False))
+
     async def _serve_job(self, run: DelegateRun, peer_id: str) -> DelegateResponse:
         job = run.job
         if self.daemon.config.test_hang:
             await trio.sleep_forever()  # test-only: a peer that is alive but never answers
+        refused = self._refuse_nonpayer(run, peer_id)
+        if refused is not None:
+            return refused
         escrow: dict[str, Any] | None = None
-        if self.daemon.economy is not None and self.daemon.economy.nonpayers.get(peer_id, 0) >= NONPAYER_LIMIT:
-            return DelegateResponse(run.request_id, JobResult(
-                job.job_id, Status.FAILED, retryable=False,
-                error=f"unpaid: you refunded {self.daemon.economy.nonpayers[peer_id]} jobs this node delivered"))
         if self.daemon.economy is not None:
             try:  # escrow before execution: no valid lock naming us, no work
                 escrow = await self.daemon.economy.accept_escrow(
                     run.escrow, requester_key_account=account_of_key(public_key_of_peer_id(peer_id)),
                     job=job.job_id, peer=peer_id, chain=run.escrow_chain)
             except (LedgerError, RemoteProtocolError) as exc:
-                log.info("job=%s: refused for %s: %s", job.job_id, peer_id, exc)
-                return DelegateResponse(run.request_id, JobResult(job.job_id, Status.FAILED,
-                                                                  error=f"unpaid: {exc}", retryable=False))
+                return self._unpaid(run, peer_id, exc)
         try:
             data = await self._input_of(job.input, run.input_digest, peer_id)
             module = job.module
@@ -362,6 +408,12 @@ class Mesh:
                                                               retryable=True))
         local_req = replace(job, input=data, module=module, module_digest=None)
         result = await self.daemon.local.execute(local_req)
+        return self._answer(run, peer_id, result, escrow)
+
+    def _answer(self, run: DelegateRun, peer_id: str, result: JobResult,
+                escrow: dict[str, Any] | None) -> DelegateResponse:
+        """The response to a job that ran: the result and, on success, the signed receipt."""
+        job = run.job
         self.served += 1
         self.daemon.book.emit({"type": "served", "job_id": job.job_id, "requester": peer_id,
                                "capsule": f"{job.library}.{job.method}", "status": result.status.value})
@@ -381,28 +433,36 @@ class Mesh:
         return DelegateResponse(run.request_id, replace(result, output=out_payload, executor=self.peer_id),
                                 receipt)
 
-    async def _input_of(self, payload: Any, digest: bytes, requester: str) -> bytes:
+    async def _input_of(self, payload: Any, digest: bytes, requester: str) -> Any:
+        """The input's bytes (bytes-like: a large fetched one is a populated mapping, see
+        ``BlobClient.fetch_input``), checked against ``digest``."""
         if isinstance(payload, Digest):
-            return await self._blob(payload.value, requester)
+            return await self._blob(payload.value, requester, as_input=True)
         data = bytes(payload)
         if blake3.blake3(data).digest() != digest:
             raise RemoteProtocolError("the inline input does not match its digest")
         return data
 
-    async def _blob(self, digest: bytes, requester: str) -> bytes:
+    async def _blob(self, digest: bytes, requester: str, *, as_input: bool = False) -> Any:
+        """The blob named ``digest``: ours, or fetched from the requester, or from a provider the
+        DHT knows.  ``as_input``: any bytes-like will do (a capsule's input), else ``bytes``."""
         held = self.blobs.get(digest)
         if held is not None:
             return bytes(held)
         limit = self.daemon.local.engine.config.max_input_bytes
+        fetch = self.blob_client.fetch_input if as_input else self.blob_client.fetch
         try:
-            return await self.blob_client.fetch(requester, digest, max_bytes=limit)
+            got = await fetch(requester, digest, max_bytes=limit)
         except PeerError:
             for provider in await self.dht.find_providers(digest):
                 if provider not in (requester, self.peer_id):
                     try:
-                        return await self.blob_client.fetch(provider, digest, max_bytes=limit)
+                        got = await fetch(provider, digest, max_bytes=limit)
+                        break
                     except PeerError:
                         continue
-            raise
+            else:
+                raise
+        return got if as_input else bytes(got)
 
 

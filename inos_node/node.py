@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import partial
 import platform
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -50,6 +50,8 @@ class NodeConfig:
     # at once and the workers attach in the background (a job for them waits for the first one),
     # so a node is ready without paying for their interpreter start-up and imports.
     background_workers: bool = False
+    # True (the daemon): no worker process starts before the first job that needs one.
+    lazy_workers: bool = False
 
     def __post_init__(self) -> None:
         lanes = layout_constants()["maxWorkerLanes"]
@@ -88,7 +90,8 @@ class LocalNode:
                 if cfg.process_workers:
                     from inos_node.engine.workers import ProcessPool
 
-                    self.pool = ProcessPool(arena, self.watcher, cfg.process_workers, self.layout)
+                    self.pool = ProcessPool(arena, self.watcher, cfg.process_workers, self.layout,
+                                            lazy=cfg.lazy_workers)
                     await nursery.start(partial(self.pool.run, wait_ready=not cfg.background_workers))
                 ctx = UnitContext(arena=arena, max_input_bytes=cfg.max_input_bytes)
                 libraries = load_libraries(ctx)
@@ -169,6 +172,15 @@ class LocalNode:
         if m is None or actor is None or m.runs_inline(_input_len(req.input), req.params):
             return await self.engine.execute(req)
         return await actor.submit(req)
+
+    def runs_now(self, req: JobRequest) -> bool:
+        """Whether ``execute_now`` can run ``req`` (a known capsule that runs inline)."""
+        m = self.engine._methods.get(f"{req.library}.{req.method}")
+        return m is not None and m.runs_inline(_input_len(req.input), req.params)
+
+    def execute_now(self, req: JobRequest) -> JobResult | None:
+        """The result at once for a capsule that runs inline, else None (``await execute`` it)."""
+        return self.engine.execute_now(req) if self.runs_now(req) else None
 
     def runtime_info(self) -> dict[str, Any]:
         flags = _cpu_flags()

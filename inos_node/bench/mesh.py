@@ -16,12 +16,17 @@ process, bootstrapped to B.  Every pair below is measured between exactly these 
                                (and of 30 with --gossip-30)
 
 The economy's cost is measured on a second pair, A' (in this process) and B' (a process), both on
-a network with a genesis, against A and B above, through the daemon's whole job path (submit,
-decider, delegation, receipt check; the same path ``inos submit`` takes) on both sides:
+a network with a genesis, alive at the same time as A and B, through the daemon's whole job path
+(submit, decider, delegation, receipt check; the same path ``inos submit`` takes) on both sides:
 
   remote_job_rtt_p50_us        system.echo submitted on A with --peer B (no ledger)
   remote_paid_rtt_p50_us       the same on A' with --peer B': escrow lock before the request
                                (B' checks it before running), settle after the receipt verifies
+
+How the sides are compared: a machine with 2 cores drifts by tens of percent within a minute, so
+each pair is measured in ROUNDS that alternate the two sides (baseline, ours, baseline, ours, ...)
+and each figure pools its rounds (latencies: the median of all samples; rates: all the work over
+all the time).  ``rounds`` in the report says how many.
 """
 
 from __future__ import annotations
@@ -42,87 +47,46 @@ _MIB = 1024 * 1024
 
 
 async def _main(quick: bool, gossip_30: bool, say: Any) -> dict[str, Any]:
-    from inos_node.api.service import SubmitRequest
     from inos_node.daemon import DaemonConfig, NodeDaemon
-    from inos_node.net import bench as netbench
     from inos_node.net.host import quiet_libp2p_logs
     from inos_node.testing.procs import free_port, start_node
 
     quiet_libp2p_logs()
-    report: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
+    rounds = 3 if quick else 5
+    report: dict[str, Any] = {"python": sys.version.split()[0], "cpus": os.cpu_count(), "rounds": rounds}
     base = Path(tempfile.mkdtemp(prefix="inos-bench-mesh-"))
-    say("starting node B (a separate process)")
+    say("starting nodes B and B' (separate processes)")
     b = await trio.to_thread.run_sync(lambda: start_node(base, "b", env={"INOS_BENCH": "1"}))
     try:
-        cfg = DaemonConfig(data_dir=base / "a", listen=("/ip4/127.0.0.1/tcp/0",), bootstrap=(b.address,),
-                           api=f"127.0.0.1:{free_port()}", name="a", arena_size=128 * _MIB)
-        daemon = NodeDaemon(cfg)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(daemon.run)
-            mesh = daemon.net
-            with trio.fail_after(30):
-                await mesh.wait_peers(peer_id=b.peer_id, serving="system.echo", count=1)
-            n = 300 if quick else 2000
-
-            say("raw libp2p echo vs remote capsule, one at a time")
-            raw = await netbench.libp2p_stream_rtt_p50_us(mesh.host, b.peer_id, n=n)
-            report["libp2p_stream_rtt_p50_us"] = round(raw["p50_us"], 1)
-            samples = []
-            req = SubmitRequest("system.echo", b"x" * 100)
-            for i in range(n + 50):
-                t0 = time.perf_counter()
-                rec = await mesh.run_remote(f"bench-{i}", req, b.peer_id, 10_000)
-                if i >= 50:
-                    samples.append(time.perf_counter() - t0)
-                assert rec["status"] == "success" and rec["receipt"] is not None, rec
-            report["remote_rtt_p50_us"] = round(statistics.median(samples) * 1e6, 1)
-
-            say("throughput with 32 in flight")
-            m = 1000 if quick else 5000
-            raw_tp = await netbench.libp2p_stream_throughput_per_s(mesh.host, b.peer_id, n=m, in_flight=32)
-            report["libp2p_stream_throughput_per_s"] = round(raw_tp["per_s"], 1)
-            counter = iter(range(m))
-            t0 = time.perf_counter()
-
-            async def worker() -> None:
-                for i in counter:
-                    rec = await mesh.run_remote(f"tp-{i}", req, b.peer_id, 30_000)
-                    assert rec["status"] == "success", rec
-
-            async with trio.open_nursery() as n32:
-                for _ in range(32):
-                    n32.start_soon(worker)
-            report["remote_throughput_per_s"] = round(m / (time.perf_counter() - t0), 1)
-
-            say("64 MiB: raw bulk vs a capsule whose input moves over /inos/blob")
-            bulk = await netbench.libp2p_bulk_mbps(mesh.host, b.peer_id, total=64 * _MIB, direction="push")
-            report["libp2p_bulk_mbps"] = round(bulk["mb_per_s"], 1)
-            big = os.urandom(64 * _MIB)
-            runs = []
-            for i in range(1 if quick else 3):
-                # new content each run: the executor cannot have it already, so the bytes move again
-                breq = SubmitRequest("compute.blake3", bytes([i]) + big[1:])
-                t0 = time.perf_counter()
-                rec = await mesh.run_remote(f"blob-{i}", breq, b.peer_id, 120_000)
-                runs.append(time.perf_counter() - t0)
-                assert rec["status"] == "success", rec
-            report["blob_mbps"] = round(len(big) / statistics.median(runs) / 1e6, 1)
-
-            say("new connections")
-            from inos_node.net.host import connect, disconnect
-
-            conns = []
-            for _ in range(10):
-                await disconnect(mesh.host, b.peer_id)
-                t0 = time.perf_counter()
-                await connect(mesh.host, b.address)
-                conns.append(time.perf_counter() - t0)
-            report["connect_ms"] = round(statistics.median(conns) * 1000, 2)
-
-            say("the economy: a paid job vs an unpaid one, through the daemon's job path")
-            report["remote_job_rtt_p50_us"] = await _job_rtt(daemon, b.peer_id, 100 if quick else 500)
-            report["remote_paid_rtt_p50_us"] = await _paid_rtt(base, 100 if quick else 500)
-            nursery.cancel_scope.cancel()
+        genesis = _paid_genesis(base)
+        pb = await trio.to_thread.run_sync(lambda: start_node(base, "pb", extra=("--genesis", str(genesis))))
+        try:
+            daemon = NodeDaemon(DaemonConfig(
+                data_dir=base / "a", listen=("/ip4/127.0.0.1/tcp/0",), bootstrap=(b.address,),
+                api=f"127.0.0.1:{free_port()}", name="a", arena_size=128 * _MIB))
+            paid = NodeDaemon(DaemonConfig(
+                data_dir=base / "pa", listen=("/ip4/127.0.0.1/tcp/0",), bootstrap=(pb.address,),
+                api=f"127.0.0.1:{free_port()}", name="pa", genesis=genesis))
+            async with trio.open_nursery() as nursery:
+                await nursery.start(daemon.run)
+                await nursery.start(paid.run)
+                with trio.fail_after(30):
+                    await daemon.net.wait_peers(peer_id=b.peer_id, serving="system.echo", count=1)
+                    await paid.net.wait_peers(peer_id=pb.peer_id, serving="system.echo", count=1)
+                await _mesh_pairs(report, daemon, b, rounds, quick, say)
+                say("the economy: a paid job vs an unpaid one, through the daemon's job path")
+                job, paid_samples = [], []
+                per = 100 if quick else 200
+                for _ in range(rounds):
+                    job += await _job_samples(daemon, b.peer_id, per)
+                    paid_samples += await _job_samples(paid, pb.peer_id, per)
+                rec = paid.jobs(1)[0]
+                assert rec.settlement is not None and rec.cost > 0, rec  # it really was paid
+                report["remote_job_rtt_p50_us"] = _p50_us(job)
+                report["remote_paid_rtt_p50_us"] = _p50_us(paid_samples)
+                nursery.cancel_scope.cancel()
+        finally:
+            pb.stop()
     finally:
         b.stop()
     from inos_node.net.gossip_bench import gossip_latency
@@ -135,57 +99,117 @@ async def _main(quick: bool, gossip_30: bool, say: Any) -> dict[str, Any]:
         report[f"gossip_p50_ms{suffix}"] = g.get("gossip_p50_ms")
         report[f"gossip_p99_ms{suffix}"] = g.get("gossip_p99_ms")
         report[f"gossip_delivered{suffix}"] = g.get("delivered", g.get("delivered_all"))
+
+    def ratio(a: str, b: str) -> float:
+        return round(report[a] / report[b], 3)
+
     report["ratios"] = {
-        "remote_rtt/libp2p_stream_rtt": round(report["remote_rtt_p50_us"] / report["libp2p_stream_rtt_p50_us"], 3),
-        "remote_throughput/libp2p_stream_throughput": round(
-            report["remote_throughput_per_s"] / report["libp2p_stream_throughput_per_s"], 3),
-        "blob/libp2p_bulk": round(report["blob_mbps"] / report["libp2p_bulk_mbps"], 3),
-        "remote_paid_rtt/remote_job_rtt": round(report["remote_paid_rtt_p50_us"] / report["remote_job_rtt_p50_us"], 3),
-        "remote_paid_rtt/remote_rtt": round(report["remote_paid_rtt_p50_us"] / report["remote_rtt_p50_us"], 3),
+        "remote_rtt/libp2p_stream_rtt": ratio("remote_rtt_p50_us", "libp2p_stream_rtt_p50_us"),
+        "remote_throughput/libp2p_stream_throughput": ratio("remote_throughput_per_s",
+                                                            "libp2p_stream_throughput_per_s"),
+        "blob/libp2p_bulk": ratio("blob_mbps", "libp2p_bulk_mbps"),
+        "remote_paid_rtt/remote_job_rtt": ratio("remote_paid_rtt_p50_us", "remote_job_rtt_p50_us"),
+        "remote_paid_rtt/remote_rtt": ratio("remote_paid_rtt_p50_us", "remote_rtt_p50_us"),
     }
     return report
 
 
-async def _job_rtt(daemon: Any, peer: str, n: int) -> float:
-    """Median µs of ``system.echo`` submitted to ``daemon`` with ``--peer peer``, one at a time."""
+async def _mesh_pairs(report: dict[str, Any], daemon: Any, b: Any, rounds: int, quick: bool, say: Any) -> None:
+    """The A <-> B figures, each pair in alternating rounds (see the module docstring)."""
+    from inos_node.api.service import SubmitRequest
+    from inos_node.net import bench as netbench
+    from inos_node.net.host import connect, disconnect
+
+    mesh = daemon.net
+    n = (300 if quick else 2000) // rounds
+    say("raw libp2p echo vs remote capsule, one at a time")
+    raw: list[float] = []
+    ours: list[float] = []
+    req = SubmitRequest("system.echo", b"x" * 100)
+    for r in range(rounds):
+        raw += (await netbench.libp2p_stream_rtt_p50_us(mesh.host, b.peer_id, n=n))["samples_s"]
+        for i in range(n + 20):
+            t0 = time.perf_counter()
+            rec = await mesh.run_remote(f"bench-{r}-{i}", req, b.peer_id, 10_000)
+            if i >= 20:  # warm-up
+                ours.append(time.perf_counter() - t0)
+            assert rec["status"] == "success" and rec["receipt"] is not None, rec
+    report["libp2p_stream_rtt_p50_us"] = _p50_us(raw)
+    report["remote_rtt_p50_us"] = _p50_us(ours)
+
+    say("throughput with 32 in flight")
+    m = (1000 if quick else 5000) // rounds
+    raw_time = ours_time = 0.0
+    for r in range(rounds):
+        raw_time += m / (await netbench.libp2p_stream_throughput_per_s(mesh.host, b.peer_id, n=m, in_flight=32))[
+            "per_s"]
+        counter = iter(range(m))
+
+        async def worker(r: int = r, counter: Any = counter) -> None:
+            for i in counter:
+                rec = await mesh.run_remote(f"tp-{r}-{i}", req, b.peer_id, 30_000)
+                assert rec["status"] == "success", rec
+
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as n32:
+            for _ in range(32):
+                n32.start_soon(worker)
+        ours_time += time.perf_counter() - t0
+    report["libp2p_stream_throughput_per_s"] = round(rounds * m / raw_time, 1)
+    report["remote_throughput_per_s"] = round(rounds * m / ours_time, 1)
+
+    say("64 MiB: raw bulk vs a capsule whose input moves over /inos/blob")
+    big = os.urandom(64 * _MIB)
+    bulk_s, blob_s = [], []
+    for i in range(2 if quick else 4):
+        bulk_s.append((await netbench.libp2p_bulk_mbps(mesh.host, b.peer_id, total=64 * _MIB,
+                                                       direction="push"))["seconds"])
+        # new content each run: the executor cannot have it already, so the bytes move again
+        breq = SubmitRequest("compute.blake3", bytes([i]) + big[1:])
+        t0 = time.perf_counter()
+        rec = await mesh.run_remote(f"blob-{i}", breq, b.peer_id, 120_000)
+        blob_s.append(time.perf_counter() - t0)
+        assert rec["status"] == "success", rec
+    report["libp2p_bulk_mbps"] = round(len(big) / statistics.median(bulk_s) / 1e6, 1)
+    report["blob_mbps"] = round(len(big) / statistics.median(blob_s) / 1e6, 1)
+
+    say("new connections")
+    conns = []
+    for _ in range(10):
+        await disconnect(mesh.host, b.peer_id)
+        t0 = time.perf_counter()
+        await connect(mesh.host, b.address)
+        conns.append(time.perf_counter() - t0)
+    report["connect_ms"] = round(statistics.median(conns) * 1000, 2)
+
+
+def _p50_us(samples_s: list[float]) -> float:
+    return round(statistics.median(samples_s) * 1e6, 1)
+
+
+def _paid_genesis(base: Path) -> Path:
+    """A genesis funding A' and B' (their identities made now, in their data dirs)."""
+    from inos_node.economy.genesis import create_genesis, write_genesis
+    from inos_node.identity import DataDir
+
+    dids = [DataDir(base / name).ensure().identity().did for name in ("pa", "pb")]
+    doc, _ = create_genesis({d: 10_000_000 for d in dids}, name="bench")
+    return write_genesis(base / "genesis.json", doc, force=True)
+
+
+async def _job_samples(daemon: Any, peer: str, n: int) -> list[float]:
+    """Seconds of ``system.echo`` submitted to ``daemon`` with ``--peer peer``, one at a time."""
     from inos_node.api.service import SubmitRequest
 
     req = SubmitRequest("system.echo", b"x" * 100, placement=f"peer:{peer}")
     samples = []
-    for i in range(n + 30):
+    for i in range(n + 20):
         t0 = time.perf_counter()
         rec = await daemon.wait_job(await daemon.submit(req))
-        if i >= 30:
+        if i >= 20:  # warm-up
             samples.append(time.perf_counter() - t0)
         assert rec.status == "success", rec
-    return round(statistics.median(samples) * 1e6, 1)
-
-
-async def _paid_rtt(base: Path, n: int) -> float:
-    from inos_node.daemon import DaemonConfig, NodeDaemon
-    from inos_node.economy.genesis import create_genesis, write_genesis
-    from inos_node.identity import DataDir
-    from inos_node.testing.procs import free_port, start_node
-
-    dids = {name: DataDir(base / name).ensure().identity().did for name in ("pa", "pb")}
-    doc, _ = create_genesis({d: 10_000_000 for d in dids.values()}, name="bench")
-    genesis = write_genesis(base / "genesis.json", doc, force=True)
-    pb = await trio.to_thread.run_sync(lambda: start_node(base, "pb", extra=("--genesis", str(genesis))))
-    try:
-        cfg = DaemonConfig(data_dir=base / "pa", listen=("/ip4/127.0.0.1/tcp/0",), bootstrap=(pb.address,),
-                           api=f"127.0.0.1:{free_port()}", name="pa", genesis=genesis)
-        daemon = NodeDaemon(cfg)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(daemon.run)
-            with trio.fail_after(30):
-                await daemon.net.wait_peers(peer_id=pb.peer_id, serving="system.echo", count=1)
-            result = await _job_rtt(daemon, pb.peer_id, n)
-            rec = daemon.jobs(1)[0]
-            assert rec.settlement is not None and rec.cost > 0, rec  # it really was paid
-            nursery.cancel_scope.cancel()
-        return result
-    finally:
-        pb.stop()
+    return samples
 
 
 def run_mesh(quick: bool = False, gossip_30: bool = False, progress: bool = True) -> dict[str, Any]:

@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 _BLOCK, _PROOF, _BATCH = b"B", b"P", b"M"
 _BATCH_WINDOW_S = 0.1  # own blocks made within this window go out in one gossip message
 _BATCH_MAX = 64
+_PERSIST_DELAY_S = 0.005  # peers' blocks wait this long to be stored together (see _persister)
+_PERSIST_BATCH = 256
 
 
 def encode_batch(items: list[bytes]) -> bytes:
@@ -143,6 +145,7 @@ class LedgerNode:
         }
         self._nursery: trio.Nursery | None = None
         self._owed_to_me: OrderedDict[str, tuple[str, bytes, bytes, int]] = OrderedDict()  # job -> claim
+        self._peer_holds: OrderedDict[str, int] = OrderedDict()  # peer id -> height of ours it holds
         self._claiming: set[str] = set()
         self.nonpayers: dict[str, int] = {}  # requester peer id -> refunds of jobs we had a receipt for
 
@@ -223,14 +226,24 @@ class LedgerNode:
     async def _persister(self) -> None:
         """Store peers' blocks in the order they were applied, off the caller's path (a worker
         checking an escrow need not wait for the disk: a block lost in a crash is fetched again
-        from its author or any peer; our OWN blocks are always durable before anyone sees them)."""
-        async for block in self._persist_recv:
+        from its author or any peer; our OWN blocks are always durable before anyone sees them).
+        The first block waits ``_PERSIST_DELAY_S`` for those that follow it (a paid job brings
+        two): one transaction for all, and none of it in the way of the answer being written."""
+        async for first in self._persist_recv:
+            await trio.sleep(_PERSIST_DELAY_S)
+            batch = [first]
+            while len(batch) < _PERSIST_BATCH:
+                try:
+                    batch.append(self._persist_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
             try:
-                await self.store.append(block)
+                await self.store.append_many(batch)
             except LedgerError as exc:
-                log.error("ledger: could not store a peer's block (sync will fetch it again): %s", exc)
+                log.error("ledger: could not store %d peers' block(s) (sync will fetch them again): %s",
+                          len(batch), exc)
             finally:
-                self._unpersisted -= 1
+                self._unpersisted -= len(batch)
                 if not self._unpersisted:
                     self._drained.set()
 
@@ -241,20 +254,42 @@ class LedgerNode:
     async def _take(self, offer: Offer, peer: str, *, durable: bool = False) -> None:
         """Persist what an offer applied (now, or in the background when not ``durable``);
         follow up gaps and equivocations."""
-        out = offer.outcome
         for block in offer.applied:
             self._note_wire(block)
             if durable:
                 await self.store.append(block)
-            else:
-                try:
-                    self._persist_send.send_nowait(block)
-                except trio.WouldBlock:
-                    await self.store.append(block)
-                    continue
-                if not self._unpersisted:
-                    self._drained = trio.Event()
-                self._unpersisted += 1
+            elif not self._persist_later(block):
+                await self.store.append(block)  # the persister is full: wait for the disk (backpressure)
+        self._account(offer, peer)
+        if offer.outcome is Outcome.EQUIVOCATION and offer.proof is not None:
+            await self._record_equivocation(*offer.proof)
+
+    def _take_now(self, offer: Offer, peer: str) -> None:
+        """``_take`` (not durable) for a caller that cannot await (a worker's fast path): peers'
+        blocks go to the persister, or with its queue full straight to the store (the loop blocks
+        for one commit); an equivocation is recorded by a background task."""
+        for block in offer.applied:
+            self._note_wire(block)
+            if not self._persist_later(block):
+                self.store.append_sync(block)
+        self._account(offer, peer)
+        if offer.outcome is Outcome.EQUIVOCATION and offer.proof is not None and self._nursery is not None:
+            self._nursery.start_soon(self._record_equivocation, *offer.proof)
+
+    def _persist_later(self, block: Block) -> bool:
+        """Hand a peer's applied block to the persister; False when its queue is full."""
+        try:
+            self._persist_send.send_nowait(block)
+        except trio.WouldBlock:
+            return False
+        if not self._unpersisted:
+            self._drained = trio.Event()
+        self._unpersisted += 1
+        return True
+
+    def _account(self, offer: Offer, peer: str) -> None:
+        """The statistics, wake-ups and follow-ups (a gap to fetch) of one offer."""
+        out = offer.outcome
         if offer.applied:
             self.stats["applied"] += len(offer.applied)
             self._changed()
@@ -267,17 +302,19 @@ class LedgerNode:
         elif out is Outcome.REJECTED:
             self.stats["rejected"] += 1
             log.warning("ledger: rejected a block from %s: %s", peer or "the store", offer.reason)
-        elif out is Outcome.EQUIVOCATION and offer.proof is not None:
+        elif out is Outcome.EQUIVOCATION:
             self.stats["equivocations"] += 1
-            a, b = offer.proof
-            if await self.store.append_proof(a, b):
-                log.warning(
-                    "ledger: EQUIVOCATION by %s at height %d: account frozen, stake slashed",
-                    did_of_account(a.account),
-                    a.height,
-                )
-                self._queue_publish(_PROOF + encode_proof(a, b))
-            self._changed()
+
+    async def _record_equivocation(self, a: Block, b: Block) -> None:
+        """Store an equivocation proof durably; the first time, say so and gossip it."""
+        if await self.store.append_proof(a, b):
+            log.warning(
+                "ledger: EQUIVOCATION by %s at height %d: account frozen, stake slashed",
+                did_of_account(a.account),
+                a.height,
+            )
+            self._queue_publish(_PROOF + encode_proof(a, b))
+        self._changed()
 
     def _note_wire(self, block: Block) -> None:
         """Remember the wire bytes of an applied block, so a gossiped copy is skipped undecoded."""
@@ -589,13 +626,23 @@ class LedgerNode:
         return done
 
     # ------------------------------------------------------------------ escrow (worker side)
-    def chain_before(self, block: Block, count: int = 8) -> tuple[bytes, ...]:
-        """Our ``count`` blocks before ``block`` (encoded, oldest first): sent with a request so
-        a worker that has not yet heard them by gossip need not fetch them."""
-        start = max(1, block.height - count)
+    def chain_before(self, block: Block, count: int = 8, *, peer: str | None = None) -> tuple[bytes, ...]:
+        """Our blocks before ``block`` (encoded, oldest first, at most ``count``): sent with a
+        request so a worker that has not yet heard them by gossip need not fetch them.  With
+        ``peer``, only those after the height that peer is known to hold (``peer_holds``): a
+        worker that ran our last job needs just the settle made since."""
+        start = max(1, block.height - count, self._peer_holds.get(peer, 0) + 1 if peer else 0)
         return tuple(
             encode_block(b) for b in self.ledger.blocks_from(self.account, start, block.height - start)
         )
+
+    def peer_holds(self, peer: str, height: int) -> None:
+        """``peer`` holds our chain up to ``height`` (it accepted our escrow_lock at that height)."""
+        if height > self._peer_holds.get(peer, 0):
+            self._peer_holds[peer] = height
+            self._peer_holds.move_to_end(peer)
+            while len(self._peer_holds) > 4096:
+                self._peer_holds.popitem(last=False)
 
     async def accept_escrow(
         self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str, chain: tuple[bytes, ...] = ()
@@ -605,6 +652,26 @@ class LedgerNode:
         Raises:
             LedgerError: no valid lock for this job that names this node.
         """
+        block = self._escrow_block(raw, requester_key_account, job)
+        offer = self._offer_escrow(block, chain, peer)
+        if offer.outcome is Outcome.HELD and offer.missing is not None:
+            await self._fetch_chain(peer, *offer.missing)
+            offer = self.ledger.offer(block)
+        return self._escrow_accepted(block, offer, job, peer)
+
+    def accept_escrow_now(
+        self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str, chain: tuple[bytes, ...] = ()
+    ) -> dict[str, Any] | None:
+        """``accept_escrow`` without awaiting (a worker's fast path), or None when the lock waits
+        for blocks that must be fetched first (then ``await accept_escrow``)."""
+        block = self._escrow_block(raw, requester_key_account, job)
+        offer = self._offer_escrow(block, chain, peer)
+        if offer.outcome is Outcome.HELD and offer.missing is not None:
+            return None
+        return self._escrow_accepted(block, offer, job, peer)
+
+    @staticmethod
+    def _escrow_block(raw: bytes, requester_key_account: bytes, job: str) -> Block:
         if not raw:
             raise LedgerError(
                 "this network has a ledger: a capsule needs an escrow_lock block; none was sent"
@@ -619,6 +686,10 @@ class LedgerNode:
             or block.account != requester_key_account
         ):
             raise LedgerError("escrow block is not an escrow_lock of this job by this requester")
+        return block
+
+    def _offer_escrow(self, block: Block, chain: tuple[bytes, ...], peer: str) -> Offer:
+        """Offer the lock, first applying the requester's blocks sent along when it is held."""
         offer = self.ledger.offer(block)
         if offer.outcome is Outcome.HELD and chain:  # the requester sent its latest blocks along
             known = self.ledger.height_of(block.account)
@@ -631,13 +702,13 @@ class LedgerNode:
                 except RemoteProtocolError:
                     break
                 if prior_block.account == block.account:
-                    await self._take(self.ledger.offer(prior_block), peer, durable=False)
+                    self._take_now(self.ledger.offer(prior_block), peer)
             offer = self.ledger.offer(block)
-        if offer.outcome is Outcome.HELD and offer.missing is not None:
-            await self._fetch_chain(peer, *offer.missing)
-            offer = self.ledger.offer(block)
+        return offer
+
+    def _escrow_accepted(self, block: Block, offer: Offer, job: str, peer: str) -> dict[str, Any]:
         if offer.outcome in (Outcome.APPLIED, Outcome.HELD, Outcome.EQUIVOCATION):
-            await self._take(offer, peer, durable=False)
+            self._take_now(offer, peer)
         if offer.outcome not in (Outcome.APPLIED, Outcome.DUPLICATE):
             raise LedgerError(f"escrow lock not accepted: {offer.reason or offer.outcome.value}")
         terms = self.ledger.escrow_terms(block.account, job)

@@ -276,6 +276,12 @@ class LedgerStore:
         """
         return bool(await self._await(_block_statements(block, owe, clear)))
 
+    async def append_many(self, blocks: list[Block] | list[bytes]) -> None:
+        """Append ``blocks`` in one transaction (those already stored are skipped); durable on
+        return.  For peers' blocks, which need no pending-settlement rows."""
+        if blocks:
+            await self._await(tuple(s for b in blocks for s in _block_statements(b, None, None)))
+
     def append_sync(self, block: Block | bytes, *, owe: Owed | None = None, clear: str | None = None) -> bool:
         """``append`` for threads (benchmarks, tests, tools); blocks until durable."""
         return bool(self._wait(_block_statements(block, owe, clear)))

@@ -30,7 +30,14 @@ from typing import Any
 import trio
 
 from inos_node.engine.spec import Call, Library, Method, Output, UnitContext
-from inos_node.errors import CapsuleError, CapsuleFailed, CapsuleTimeout, InputTooLarge, InvalidParams, UnknownUnit
+from inos_node.errors import (
+    CapsuleError,
+    CapsuleFailed,
+    CapsuleTimeout,
+    InputTooLarge,
+    InvalidParams,
+    UnknownUnit,
+)
 from inos_node.types import ArenaSlice, Digest, JobRequest, JobResult, Metrics, Status
 
 __all__ = ["Engine", "EngineConfig", "cost_of"]
@@ -138,49 +145,84 @@ class Engine:
     async def execute(self, req: JobRequest) -> JobResult:
         t0 = time.perf_counter_ns()
         c0 = time.thread_time_ns()
-        input_len = 0
-        method: Method | None = None
+        job = _Attempt()
         try:
-            method = self.resolve(req.library, req.method)
-            params = self._validate(method, req.params)
-            view = self._input_view(req.input)
-            input_len = len(view)
-            deadline_ms = req.deadline_ms or self.config.default_deadline_ms
-            call = Call(
-                input=view,
-                params=params,
-                ctx=self.ctx,
-                job_id=req.job_id,
-                module=req.module,
-                deadline_s=deadline_ms / 1000.0,
-            )
-            if method.needs_module and req.module is None:
-                raise InvalidParams(f"{method.name} needs a module: pass --module PATH", param="module")
+            method, call, deadline_ms = self._prepare(req, job)
             try:
                 out, executor = await self._run(method, call, req, deadline_ms)
             except (CapsuleError, trio.Cancelled):
                 raise
             except Exception as exc:  # noqa: BLE001 - policy: a unit's bug fails its job, never the node
-                log.exception("job=%s: unit %s raised", req.job_id, method.name)
-                raise CapsuleFailed(f"{method.name} raised {type(exc).__name__}: {exc}") from exc
+                raise self._unit_bug(req, method, exc) from exc
         except CapsuleError as exc:
-            self.failed += 1
-            status = Status(exc.status)
-            log.info("job=%s %s.%s failed: %s: %s", req.job_id, req.library, req.method, status.value, exc)
-            return JobResult(
-                job_id=req.job_id,
-                status=status,
-                cost=0,
-                metrics=Metrics(
-                    wall_ns=time.perf_counter_ns() - t0,
-                    cpu_ns=time.thread_time_ns() - c0,
-                    fuel=int(getattr(exc, "used", 0) or 0) if getattr(exc, "kind", "") == "fuel" else 0,
-                    input_bytes=input_len,
-                ),
-                error=str(exc),
-                retryable=bool(getattr(exc, "retryable", False)),
-                executor=getattr(exc, "executor", "local"),
-            )
+            return self._failure(req, exc, t0, c0, job.input_len)
+        return self._success(req, method, out, executor, t0, c0, job.input_len)
+
+    def execute_now(self, req: JobRequest) -> JobResult | None:
+        """``execute`` without awaiting: the result of a method that runs inline (no thread, no
+        worker process; the trivial and small capsules), or None when it would not run inline
+        (then ``await execute`` it).  Used by the delegation server's fast path."""
+        t0 = time.perf_counter_ns()
+        c0 = time.thread_time_ns()
+        job = _Attempt()
+        try:
+            method, call, _ = self._prepare(req, job)
+            if not method.runs_inline(len(call.input), call.params):
+                return None
+            try:
+                out = method.fn(call)
+            except CapsuleError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - policy: a unit's bug fails its job, never the node
+                raise self._unit_bug(req, method, exc) from exc
+        except CapsuleError as exc:
+            return self._failure(req, exc, t0, c0, job.input_len)
+        return self._success(req, method, out, "inline", t0, c0, job.input_len)
+
+    def _prepare(self, req: JobRequest, job: _Attempt) -> tuple[Method, Call, int]:
+        method = self.resolve(req.library, req.method)
+        params = self._validate(method, req.params)
+        view = self._input_view(req.input)
+        job.input_len = len(view)
+        deadline_ms = req.deadline_ms or self.config.default_deadline_ms
+        call = Call(
+            input=view,
+            params=params,
+            ctx=self.ctx,
+            job_id=req.job_id,
+            module=req.module,
+            deadline_s=deadline_ms / 1000.0,
+        )
+        if method.needs_module and req.module is None:
+            raise InvalidParams(f"{method.name} needs a module: pass --module PATH", param="module")
+        return method, call, deadline_ms
+
+    @staticmethod
+    def _unit_bug(req: JobRequest, method: Method, exc: Exception) -> CapsuleFailed:
+        log.exception("job=%s: unit %s raised", req.job_id, method.name)
+        return CapsuleFailed(f"{method.name} raised {type(exc).__name__}: {exc}")
+
+    def _failure(self, req: JobRequest, exc: CapsuleError, t0: int, c0: int, input_len: int) -> JobResult:
+        self.failed += 1
+        status = Status(exc.status)
+        log.info("job=%s %s.%s failed: %s: %s", req.job_id, req.library, req.method, status.value, exc)
+        return JobResult(
+            job_id=req.job_id,
+            status=status,
+            cost=0,
+            metrics=Metrics(
+                wall_ns=time.perf_counter_ns() - t0,
+                cpu_ns=time.thread_time_ns() - c0,
+                fuel=int(getattr(exc, "used", 0) or 0) if getattr(exc, "kind", "") == "fuel" else 0,
+                input_bytes=input_len,
+            ),
+            error=str(exc),
+            retryable=bool(getattr(exc, "retryable", False)),
+            executor=getattr(exc, "executor", "local"),
+        )
+
+    def _success(self, req: JobRequest, method: Method, out: Any, executor: str, t0: int, c0: int,
+                 input_len: int) -> JobResult:
         if isinstance(out, Output):
             data, fuel, peak = out.data, out.fuel, out.peak_memory_bytes
         else:
@@ -265,3 +307,12 @@ class _WorkerFailure(CapsuleError):
         self.status = result.status.value
         self.retryable = result.retryable
         self.executor = result.executor
+
+
+class _Attempt:
+    """What ``execute`` has learnt of a job when it fails (the input's size, for the metrics)."""
+
+    __slots__ = ("input_len",)
+
+    def __init__(self) -> None:
+        self.input_len = 0

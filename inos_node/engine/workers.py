@@ -15,6 +15,9 @@ Inputs larger than what fits in the ring are copied once into an arena block and
 reference (``ArenaSlice``); inputs already in the arena are passed by reference as they are.
 Outputs too big for the ring come back the same way, in a block the worker allocates.
 
+With ``lazy`` (the daemon's choice) no worker starts until the first job that needs one: an idle
+node costs no worker interpreter (about 55 MB of RSS each); that first job waits for the start.
+
 A lane runs one job at a time (free lanes wait in a bounded channel, so callers queue with
 backpressure).  A worker that dies or passes a job's deadline is killed and restarted, and the
 job fails with a retryable error that says so.
@@ -56,7 +59,8 @@ class _Lane:
 class ProcessPool:
     """The node side of the worker processes: ``run`` owns them, ``execute`` uses one."""
 
-    def __init__(self, arena: Any, watcher: Any, workers: int, layout: dict[str, int]) -> None:
+    def __init__(self, arena: Any, watcher: Any, workers: int, layout: dict[str, int], *,
+                 lazy: bool = False) -> None:
         from inos_node.arena import Ring
 
         if not 1 <= workers <= layout["maxWorkerLanes"]:
@@ -68,22 +72,27 @@ class ProcessPool:
             _Lane(i, Ring(arena, "inbox", i, workers), Ring(arena, "outbox", i, workers)) for i in range(workers)
         ]
         self._free_send, self._free_recv = trio.open_memory_channel[_Lane](workers)
+        self._wanted = trio.Event()  # a job needs a worker (lazy: none starts before)
+        if not lazy:
+            self._wanted.set()
 
     # ------------------------------------------------------------------ lifetime
     async def run(self, *, wait_ready: bool = True,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the worker processes running.  ``wait_ready``: report started only once every
-        worker is attached (else at once; jobs wait for a free, ready lane either way)."""
+        worker is attached (else at once; jobs wait for a free, ready lane either way).  A lazy
+        pool reports started at once: its workers start with the first job."""
         async with trio.open_nursery() as nursery:
             for lane in self.lanes:
                 nursery.start_soon(self._keep_worker, lane)
                 nursery.start_soon(self._read_results, lane)
-            if wait_ready:
+            if wait_ready and self._wanted.is_set():
                 for lane in self.lanes:
                     await lane.started.wait()
             task_status.started()
 
     async def _keep_worker(self, lane: _Lane) -> None:
+        await self._wanted.wait()
         while True:
             cmd = [
                 sys.executable, "-m", "inos_node.engine.worker",
@@ -145,6 +154,9 @@ class ProcessPool:
 
     # ------------------------------------------------------------------ use
     async def execute(self, req: JobRequest, call: Call, deadline_ms: int) -> JobResult:
+        if not self._wanted.is_set():
+            log.info("job=%s: starting the worker processes (the first job that needs one)", req.job_id)
+            self._wanted.set()
         lane = await self._free_recv.receive()
         block = None
         try:

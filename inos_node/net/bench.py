@@ -302,7 +302,8 @@ async def libp2p_stream_rtt_p50_us(
             await reader.read_frame()
             if i >= 50:  # warm-up
                 samples.append(time.perf_counter() - t)
-        return {"what": "raw libp2p echo, one stream, one at a time", "size": size, **_summary(samples)}
+        return {"what": "raw libp2p echo, one stream, one at a time", "size": size, **_summary(samples),
+                "samples_s": samples}
     finally:
         await reset_quietly(stream)
 

@@ -35,6 +35,7 @@ import blake3
 import trio
 from libp2p.custom_types import TProtocol
 
+from inos_node.arena.buffers import POPULATE_FROM, populated_buffer
 from inos_node.errors import InputTooLarge, PeerError, RemoteProtocolError
 from inos_node.net.delegation import open_protocol_stream
 from inos_node.net.framing import (
@@ -270,13 +271,27 @@ class BlobClient:
         Why a bytearray and not bytes: the chunks are copied once, straight into the one buffer
         that is returned.  Turning it into ``bytes`` would cost a second allocation and copy of
         the whole blob (for 64 MiB that is ~15% of the transfer time here, mostly page faults).
-        Use ``fetch_into`` to land the bytes in memory of your own (an arena block).
+        Use ``fetch_into`` to land the bytes in memory of your own (an arena block), or
+        ``fetch_input`` for a capsule's input.
 
         Raises: see ``fetch_into``.
         """
         return await self.fetch_into(
             peer_id, digest, max_bytes=max_bytes, allocate=bytearray, deadline=deadline
         )
+
+    async def fetch_input(
+        self, peer_id: str, digest: bytes, *, max_bytes: int, deadline: float = math.inf
+    ) -> bytearray | Any:
+        """``fetch`` for a capsule's input: a large blob lands in an anonymous mapping whose pages
+        the kernel makes on a worker thread (``MAP_POPULATE``) while the first chunks arrive,
+        instead of 16k page faults on the event loop as the chunks are copied in.  A bytes-like,
+        writable buffer of exactly the blob's length.
+
+        Raises: see ``fetch_into``.
+        """
+        return await self.fetch_into(peer_id, digest, max_bytes=max_bytes, allocate=populated_buffer,
+                                     deadline=deadline, allocate_in_thread=True)
 
     async def fetch_into(
         self,
@@ -286,13 +301,19 @@ class BlobClient:
         max_bytes: int,
         allocate: Callable[[int], W],
         deadline: float = math.inf,
+        allocate_in_thread: bool = False,
     ) -> W:
         """Fetch the blob named ``digest`` into ``allocate(total_length)``, verified.
+
+        A blob of ``_OVERLAP_BYTES`` or more is hashed as it arrives, on a worker thread (the
+        chunks placed so far, in order), so the check at the end costs only the last chunks.
 
         Args:
             max_bytes: refuse blobs larger than this (checked before ``allocate`` is called).
             allocate: returns a writable buffer of exactly the given size.
             deadline: trio time; chunk requests still pending then fail with ``PeerError``.
+            allocate_in_thread: call ``allocate`` on a worker thread for a large blob (it must be
+                thread-safe), while the chunk requests are already in flight.
 
         Raises:
             PeerError: the peer does not have it (notFound), answered an error, the stream
@@ -314,33 +335,51 @@ class BlobClient:
                     limit=max_bytes,
                     observed=total,
                 )
-            out = allocate(total)
-            view = memoryview(out)
-            if len(view) != total or view.readonly:
-                raise ValueError(f"allocate({total}) must return a writable buffer of that size")
-            self._place(view, first, 0, total, min(self._chunk, total))
+            big = total >= _OVERLAP_BYTES
+            fill = _Fill(total, self._chunk, hashed=big)
             offsets = iter(range(self._chunk, total, self._chunk))
             errors: list[Exception] = []
+
+            async def prepare() -> None:
+                if big and allocate_in_thread:
+                    out = await trio.to_thread.run_sync(allocate, total)
+                else:
+                    out = allocate(total)
+                view = memoryview(out)
+                if len(view) != total or view.readonly:
+                    raise ValueError(f"allocate({total}) must return a writable buffer of that size")
+                fill.ready(out, view)
+                self._place(view, first, 0, total, min(self._chunk, total))
+                fill.placed(0)
 
             async def worker(cancel: trio.CancelScope) -> None:
                 try:
                     for offset in offsets:  # shared iterator: each offset is taken once
                         n = min(self._chunk, total - offset)
-                        self._place(view, await self._chunk_at(peer_id, digest, offset, n), offset, total, n)
+                        chunk = await self._chunk_at(peer_id, digest, offset, n)
+                        await fill.buffer_ready.wait()
+                        self._place(fill.view, chunk, offset, total, n)
+                        fill.placed(offset)
                 except (PeerError, RemoteProtocolError) as exc:
                     errors.append(exc)
                     cancel.cancel()
 
             async with trio.open_nursery() as nursery:
-                for _ in range(self._pipeline):
-                    nursery.start_soon(worker, nursery.cancel_scope)
+                nursery.start_soon(prepare)
+                if big:
+                    nursery.start_soon(fill.hash_along)
+                async with trio.open_nursery() as fetchers:
+                    for _ in range(self._pipeline):
+                        fetchers.start_soon(worker, fetchers.cancel_scope)
+                if errors:
+                    nursery.cancel_scope.cancel()
             if errors:
                 raise errors[0]
         if scope.cancelled_caught:
             raise PeerError(f"blob {digest.hex()} from {peer_id} not complete by the deadline")
-        if digest_of(view) != digest:
+        if fill.digest() != digest:
             raise RemoteProtocolError(f"blob from {peer_id} does not hash to {digest.hex()}")
-        return out
+        return fill.out  # type: ignore[no-any-return]
 
     @staticmethod
     def _place(view: memoryview, chunk: BlobChunk, offset: int, total: int, expected: int) -> None:
@@ -355,3 +394,53 @@ class BlobClient:
 
 def _response_id(response: BlobResponse) -> int:
     return response.request_id
+
+
+_OVERLAP_BYTES = POPULATE_FROM  # blobs this big are hashed as they arrive, on a worker thread
+
+
+class _Fill:
+    """One fetch's buffer as it fills: which chunks are in, and (for a large blob) the blake3 of
+    the in-order prefix, advanced on a worker thread while the other chunks are still coming."""
+
+    def __init__(self, total: int, chunk: int, *, hashed: bool) -> None:
+        self.total = total
+        self.chunk = chunk
+        self.out: Any = None
+        self.view: memoryview = memoryview(b"")
+        self.buffer_ready = trio.Event()
+        self._done = [False] * max(1, -(-total // chunk))
+        self._next = 0  # chunks [0, _next) are in (in order)
+        self._hashed_to = 0  # bytes of the prefix already hashed
+        self._hasher = blake3.blake3() if hashed else None
+        self._progress = trio.Event()
+
+    def ready(self, out: Any, view: memoryview) -> None:
+        self.out, self.view = out, view
+        self.buffer_ready.set()
+
+    def placed(self, offset: int) -> None:
+        self._done[offset // self.chunk] = True
+        while self._next < len(self._done) and self._done[self._next]:
+            self._next += 1
+        self._progress.set()
+
+    async def hash_along(self) -> None:
+        """Hash the in-order prefix as it grows (until the last chunk is in: ``digest`` does the rest)."""
+        assert self._hasher is not None
+        while self._next < len(self._done):
+            end = min(self.total, self._next * self.chunk)
+            if end > self._hashed_to:
+                await trio.to_thread.run_sync(self._hasher.update, self.view[self._hashed_to:end])
+                self._hashed_to = end
+            else:
+                self._progress = trio.Event()
+                await self._progress.wait()
+
+    def digest(self) -> bytes:
+        if self._hasher is None:
+            return digest_of(self.view)
+        if self._hashed_to < self.total:
+            self._hasher.update(self.view[self._hashed_to:])
+            self._hashed_to = self.total
+        return bytes(self._hasher.digest())

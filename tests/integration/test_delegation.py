@@ -217,6 +217,37 @@ async def test_a_raising_handler_fails_that_request_only():
         assert r.result.ok and r.result.output == b"NEXT"
 
 
+async def test_the_fast_path_answers_at_once_and_hands_over_what_it_cannot():
+    """Rule 1a: a synchronous ``fast`` handler answers in the stream's reader; None goes to the
+    task path (the awaited handler); an exception fails that request only."""
+    b_id = Identity(os.urandom(32))
+    slow = bench.echo_handler(b_id)
+    seen: list[str] = []
+
+    def fast(run: DelegateRun, peer_id: str) -> DelegateResponse | None:
+        seen.append(run.job.method)
+        if run.job.method == "boom":
+            raise RuntimeError("fast path broke")
+        if run.job.method == "echo":
+            return DelegateResponse(0, JobResult(run.job.job_id, Status.SUCCESS, b"fast:" + bytes(run.job.input)))
+        return None  # anything else: the awaited handler
+
+    async with open_pair(slow, fast=fast) as p:
+        r = await _run(p.client, p.peer, "echo", b"hi")
+        assert r.result.ok and r.result.output == b"fast:hi"
+        assert r.request_id != 0  # the server puts the request's id on the fast answer
+        r = await _run(p.client, p.peer, "upper", b"slow")
+        assert r.result.ok and r.result.output == b"SLOW" and r.receipt is not None
+        r = await _run(p.client, p.peer, "boom")
+        assert r.result.status is Status.FAILED and "fast path broke" in r.result.error
+        r = await _run(p.client, p.peer, "echo", b"still")
+        assert r.result.output == b"fast:still"
+        r = await _run(p.client, p.peer, "echo", b"late", seconds=-1)  # past its deadline: task path
+        assert r.result.output != b"fast:late"
+        assert seen == ["echo", "upper", "boom", "echo"]
+        assert p.server.statistics().accepted == 5
+
+
 MAX_FRAME = 64 * 1024
 bad_frames = st.one_of(
     st.binary(max_size=40).map(lambda tail: b"\0\0\0\0" + tail),  # zero-length frame
@@ -376,6 +407,38 @@ async def test_blob_fetch_of_8_mib_is_verified():
         assert await client.fetch(peer, empty_digest, max_bytes=100) == b""
         with pytest.raises(RemoteProtocolError, match="over the 1000-byte limit"):
             await client.fetch(peer, digest, max_bytes=1000)
+
+
+async def test_a_large_input_is_fetched_into_a_populated_buffer_and_hashed_as_it_arrives():
+    store = MemoryBlobStore()
+    data = os.urandom(24 * 1024 * 1024 + 777)  # large: hashed along the way, on a worker thread
+    digest = store.put(data)
+    async with open_blob_pair(store) as (client, peer):
+        got = await client.fetch_input(peer, digest, max_bytes=len(data))
+        assert len(got) == len(data) and bytes(got) == data
+        assert memoryview(got).readonly is False
+        small_digest = store.put(b"small")
+        assert bytes(await client.fetch_input(peer, small_digest, max_bytes=100)) == b"small"
+
+
+@pytest.mark.parametrize("where", [0.05, 0.5, 0.999])
+async def test_a_large_corrupted_blob_is_refused_wherever_the_flip_is(where):
+    """The prefix hashed early and the tail hashed at the end are both checked."""
+
+    class FlipAt(MemoryBlobStore):
+        def get(self, digest: bytes) -> bytes | None:
+            data = super().get(digest)
+            if data is None:
+                return None
+            bad = bytearray(data)
+            bad[int(len(bad) * where)] ^= 0x01
+            return bytes(bad)
+
+    store = FlipAt()
+    digest = store.put(os.urandom(12 * 1024 * 1024))
+    async with open_blob_pair(store) as (client, peer):
+        with pytest.raises(RemoteProtocolError, match="does not hash"):
+            await client.fetch_input(peer, digest, max_bytes=16 * 1024 * 1024)
 
 
 async def test_blob_not_found_is_a_peer_error():

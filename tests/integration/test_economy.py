@@ -285,6 +285,9 @@ def test_a_cloned_identity_spending_twice_is_frozen_everywhere(tmp_path):
             return all(net.nodes[n].client().balance(x_did)["frozen"] for n in ("y", "z", "w"))
 
         wait_for(frozen_everywhere, 20, "X frozen on Y, Z and W")
+        # the clones learn it too (from the proof's gossip, or at the latest from the periodic sync)
+        wait_for(lambda: all(net.nodes[n].client().supply()["stats"]["proofs"] >= 1 for n in ("x", "x2")),
+                 30, "the proof on X and X2 themselves")
         for n in net.nodes:
             client = net.nodes[n].client()
             supply = net.check_ledger(n)

@@ -192,3 +192,21 @@ def test_a_node_start_sweeps_arenas_of_killed_nodes(tmp_path):
     assert (tmp_path / "inos-victim-test").exists()
     assert sweep_stale(str(tmp_path), "inos-") == ["inos-victim-test"]
     assert not list(tmp_path.glob("inos-victim-test*")), "arena and doorbells removed"
+
+
+async def test_lazy_workers_start_with_the_first_job_that_needs_one(tmp_path):
+    """The daemon's choice: an idle node runs no worker interpreter; the first process job
+    starts it (and waits for it), later ones reuse it."""
+    async with LocalNode(_config(tmp_path, lazy_workers=True, background_workers=True)).open() as node:
+        lane = node.pool.lanes[0]
+        r = await node.submit("system.echo", b"inline")  # inline capsules never need a worker
+        assert r.ok
+        await trio.testing.wait_all_tasks_blocked()
+        assert lane.process is None and not lane.ready, "no worker before a job needs one"
+        evolve = {"population": 4, "generations": 1, "count": 32, "steps": 2}
+        r = await node.submit("boids.evolve", b"", evolve)
+        assert r.ok, r.error
+        assert r.executor.startswith("process:")
+        pid = lane.process.pid
+        r = await node.submit("boids.evolve", b"", evolve)
+        assert r.ok and lane.process.pid == pid and lane.jobs == 2

@@ -172,3 +172,16 @@ async def test_trio_owe_clear_and_full_queue_keeps_order(tmp_path: Path, genesis
     with LedgerStore.open(tmp_path, genesis) as again:
         loaded, _ = again.load()
         assert [b.height for b in loaded] == called
+
+
+async def test_append_many_is_one_transaction_and_skips_what_is_stored(tmp_path: Path, genesis: Genesis) -> None:
+    blocks = _chain(ALICE, BOB, 6)
+    with LedgerStore.open(tmp_path, genesis) as store:
+        await store.append(blocks[0])
+        commits = store.statistics()["commits"]
+        await store.append_many(blocks)  # the first is already stored: skipped, not an error
+        assert store.statistics()["commits"] == commits + 1
+        await store.append_many([])
+        assert store.statistics()["commits"] == commits + 1
+        loaded, _ = store.load()
+        assert [block_hash(b) for b in loaded] == [block_hash(b) for b in blocks]
