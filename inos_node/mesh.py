@@ -360,11 +360,11 @@ class Mesh:
                     return self._unpaid(run, peer_id, exc)
                 if escrow is None:
                     return None  # the lock waits for blocks to fetch: the slow path does it
-            data = bytes(job.input)
+            data = job.input if isinstance(job.input, bytes) else bytes(job.input)
             if blake3.blake3(data).digest() != run.input_digest:
                 return DelegateResponse(run.request_id, JobResult(
                     job.job_id, Status.FAILED, error="the inline input does not match its digest", retryable=True))
-            result = d.local.execute_now(replace(job, input=data))
+            result = d.local.execute_now(job if data is job.input else replace(job, input=data))
             if result is None:
                 return None  # (the escrow, if any, is applied; the slow path finds it open)
             return self._answer(run, peer_id, result, escrow)

@@ -689,11 +689,12 @@ class LedgerNode:
         return block
 
     def _offer_escrow(self, block: Block, chain: tuple[bytes, ...], peer: str) -> Offer:
-        """Offer the lock, first applying the requester's blocks sent along when it is held."""
-        offer = self.ledger.offer(block)
-        if offer.outcome is Outcome.HELD and chain:  # the requester sent its latest blocks along
-            known = self.ledger.height_of(block.account)
-            first_height = block.height - len(chain)  # the chain is the blocks just before the lock
+        """Offer the lock, after the requester's blocks sent along that we do not hold yet (the
+        chain is the blocks just before the lock, oldest first; those we have are skipped
+        undecoded).  A block of another account in the chain is ignored."""
+        known = self.ledger.height_of(block.account)
+        first_height = block.height - len(chain)
+        if chain and block.height > known + 1:
             for i, prior in enumerate(chain[:16]):
                 if first_height + i <= known:
                     continue  # we have it: skip without decoding
@@ -703,8 +704,7 @@ class LedgerNode:
                     break
                 if prior_block.account == block.account:
                     self._take_now(self.ledger.offer(prior_block), peer)
-            offer = self.ledger.offer(block)
-        return offer
+        return self.ledger.offer(block)
 
     def _escrow_accepted(self, block: Block, offer: Offer, job: str, peer: str) -> dict[str, Any]:
         if offer.outcome in (Outcome.APPLIED, Outcome.HELD, Outcome.EQUIVOCATION):
