@@ -262,6 +262,8 @@ class NodeDaemon:
                      "limit": jobs.total_tokens, "completed": self.local.engine.completed,
                      "failed": self.local.engine.failed},
             "served": {"running": self.net.server.statistics().running, "total": self.net.served},
+            "pushes": {"stored": self.net.push_server.stored, "refused": self.net.push_server.refused,
+                       "corrupt": self.net.push_server.corrupt},
             "arena": {"name": arena.name, "size": arena.size, "used": arena.used, "free": arena.free,
                       "blocks": arena.blocks, "processes": arena.processes},
             "epochs": {e.name: e.value for e in arena.epochs},

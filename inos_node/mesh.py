@@ -10,9 +10,14 @@ over /inos/blob), run it through the node's engine exactly as a local capsule, p
 in the blob store, and sign a receipt over (job, requester, capsule, input digest, output digest,
 cost, metrics).
 
-Running a capsule on a peer (``run_remote``): small inputs inline, large ones by digest (offered
-from our blob store and announced in the DHT); on the answer, fetch the output if it came by
-digest and verify the receipt before the result is accepted.
+Running a capsule on a peer (``run_remote``): small inputs inline, large ones by digest (pushed
+to the worker first over /inos/blob-push, and offered from our blob store and announced in the DHT
+for a worker that did not take the push); on the answer, fetch the output if it came by digest
+and verify the receipt before the result is accepted.
+
+A worker answers a small job that runs inline without a task of its own (``_serve_now``: the
+delegation server's fast path); anything that would wait (a blob to fetch, a ledger gap, a
+thread or worker-process capsule) takes ``_serve``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from inos_node import __version__
 from inos_node.economy.model import account_of_key
 from inos_node.errors import InvalidParams, LedgerError, PeerError, RemoteProtocolError
 from inos_node.logs import job_context
-from inos_node.net.blobs import BlobClient, BlobServer, MemoryBlobStore
+from inos_node.net.blobs import BlobClient, BlobPusher, BlobPushServer, BlobServer, MemoryBlobStore
 from inos_node.net.delegation import DelegationClient, DelegationServer
 from inos_node.net.dht import Dht
 from inos_node.net.discovery import Bootstrapper
@@ -122,6 +127,10 @@ class Mesh:
                 await n.start(self.blob_server.run)
                 self.blob_client = BlobClient(host)
                 await n.start(self.blob_client.run)
+                self.push_server = BlobPushServer(host, self.blobs, max_bytes=d.local.engine.config.max_input_bytes,
+                                                  admit=self.gate.admit)
+                await n.start(self.push_server.run)
+                self.pusher = BlobPusher(host)
                 if os.environ.get("INOS_BENCH") == "1":  # raw baselines for `inos bench mesh` only
                     from inos_node.net import bench as netbench
 
@@ -247,6 +256,7 @@ class Mesh:
             digest = self.blobs.put(data)  # hashes once (on all cores for big inputs)
             payload = Digest(digest)
             self._announce(digest)
+            await self._push(target, digest, data, left_ms)
         else:
             digest = blake3.blake3(data).digest()
         module, module_digest = req.module, None
@@ -297,6 +307,16 @@ class Mesh:
             "_receipt": resp.receipt if result.ok else None,  # for settlement (the daemon strips "_" keys)
             "_cost_units": body.cost if body is not None else 0,
         }
+
+    async def _push(self, target: str, digest: bytes, data: Any, left_ms: int) -> None:
+        """Hand a large input to the worker before the request (``/inos/blob-push``): one stream
+        of raw bytes instead of the worker pulling chunks.  Best effort: if the push does not
+        happen, the worker fetches the input over /inos/blob as before."""
+        try:
+            with trio.move_on_after(left_ms / 1000.0):
+                await self.pusher.push(target, digest, data)
+        except (PeerError, RemoteProtocolError) as exc:
+            log.info("input %s not pushed to %s (it will fetch it): %s", digest.hex()[:16], target, exc)
 
     def _announce(self, digest: bytes) -> None:
         """Provide ``digest`` in the DHT in the background (a peer lacking it can find us)."""
@@ -407,7 +427,11 @@ class Mesh:
             return DelegateResponse(run.request_id, JobResult(job.job_id, Status.FAILED, error=str(exc),
                                                               retryable=True))
         local_req = replace(job, input=data, module=module, module_digest=None)
-        result = await self.daemon.local.execute(local_req)
+        try:
+            result = await self.daemon.local.execute(local_req)
+        finally:
+            if isinstance(job.input, Digest):
+                self.push_server.used(job.input.value)
         return self._answer(run, peer_id, result, escrow)
 
     def _answer(self, run: DelegateRun, peer_id: str, result: JobResult,
@@ -447,8 +471,8 @@ class Mesh:
         """The blob named ``digest``: ours, or fetched from the requester, or from a provider the
         DHT knows.  ``as_input``: any bytes-like will do (a capsule's input), else ``bytes``."""
         held = self.blobs.get(digest)
-        if held is not None:
-            return bytes(held)
+        if held is not None:  # ours, or pushed to us by the requester
+            return held if as_input else bytes(held)
         limit = self.daemon.local.engine.config.max_input_bytes
         fetch = self.blob_client.fetch_input if as_input else self.blob_client.fetch
         try:

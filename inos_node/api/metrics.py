@@ -288,6 +288,12 @@ def families(snapshot: Mapping[str, Any], epoch_rates: Mapping[str, float]) -> l
             served.get("total", 0))
         fam("inos_capsules_serving", "gauge", "Capsules running now for other peers.").add(
             served.get("running", 0))
+    pushes = snapshot.get("pushes") or {}
+    if pushes:
+        f = fam("inos_blob_pushes_total", "counter",
+                "Large inputs requesters pushed to this node before delegating, by outcome.")
+        for outcome in ("stored", "refused", "corrupt"):
+            f.add(pushes.get(outcome, 0), {"outcome": outcome})
     peers = snapshot.get("peers") or {}
     if peers:
         f = fam("inos_peers", "gauge", "Peers this node knows, by state (known, connected, verified).")

@@ -14,6 +14,11 @@ lookup and a slice: there is nothing slow to overlap, and the requester's few sm
 requests never stall its writes).  Answers: ``chunk`` (+ totalLength), ``notFound``, or
 ``error`` (a bad offset/length, a store failure).
 
+``/inos/blob-push/1.0.0`` (``BlobPushServer`` / ``BlobPusher``, at the end of this module) is the
+other direction: a requester writes a large input to the worker it is about to delegate to, as
+raw bytes on a stream of its own; the worker hashes them as they arrive and stores them for the
+job.  It is an optimisation only: whatever is not pushed is fetched as above.
+
 Rules:
   1. Everything is bounded: a request frame is <= 4 KiB, an answer <= 1 MiB + 4 KiB, a fetch
      <= ``max_bytes`` (checked on the first answer, before the buffer is allocated).
@@ -53,11 +58,17 @@ from inos_node.wire.delegation import (
     BlobChunk,
     BlobFailed,
     BlobNotFound,
+    BlobOffer,
+    BlobOfferAnswer,
     BlobRequest,
     BlobResponse,
+    decode_blob_offer,
+    decode_blob_offer_answer,
     decode_blob_request,
     decode_blob_response,
     encode_blob_chunk_parts,
+    encode_blob_offer,
+    encode_blob_offer_answer,
     encode_blob_request,
     encode_blob_response,
 )
@@ -65,7 +76,10 @@ from inos_node.wire.delegation import (
 __all__ = [
     "CHUNK",
     "PROTOCOL",
+    "PUSH_PROTOCOL",
     "BlobClient",
+    "BlobPushServer",
+    "BlobPusher",
     "BlobServer",
     "BlobStore",
     "MemoryBlobStore",
@@ -74,6 +88,7 @@ __all__ = [
 
 W = TypeVar("W", bytearray, memoryview)
 PROTOCOL = TProtocol("/inos/blob/1.0.0")
+PUSH_PROTOCOL = TProtocol("/inos/blob-push/1.0.0")
 CHUNK = MAX_BLOB_CHUNK
 _MAX_REQUEST_FRAME = 4096
 _MAX_RESPONSE_FRAME = MAX_BLOB_CHUNK + 4096
@@ -141,6 +156,33 @@ class MemoryBlobStore:
             self._used -= len(old)
             self._evicted += 1
         return digest
+
+    def put_verified(self, digest: bytes, data: Any) -> None:
+        """Keep ``data`` (any bytes-like; not copied, so nobody may write to it any more) under
+        ``digest``, which the caller has checked is its blake3.
+
+        Raises:
+            InputTooLarge: ``data`` alone is over the store's capacity.
+        """
+        n = len(data)
+        if n > self.capacity_bytes:
+            raise InputTooLarge(f"blob of {n} bytes is over the store's {self.capacity_bytes} bytes",
+                                limit=self.capacity_bytes, observed=n)
+        if digest in self._blobs:
+            self._blobs.move_to_end(digest)
+            return
+        self._blobs[digest] = data
+        self._used += n
+        while self._used > self.capacity_bytes:
+            _, old = self._blobs.popitem(last=False)
+            self._used -= len(old)
+            self._evicted += 1
+
+    def discard(self, digest: bytes) -> None:
+        """Forget ``digest`` if held."""
+        data = self._blobs.pop(digest, None)
+        if data is not None:
+            self._used -= len(data)
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(len(self._blobs), self._used, self.capacity_bytes, self._evicted)
@@ -444,3 +486,198 @@ class _Fill:
             self._hasher.update(self.view[self._hashed_to:])
             self._hashed_to = self.total
         return bytes(self._hasher.digest())
+
+
+# ------------------------------------------------------------------------------------- push
+#
+# /inos/blob-push/1.0.0: a requester that is about to delegate a capsule with a large input
+# writes the input to the worker first, on a stream of its own, the way a raw bulk transfer
+# would, instead of the worker pulling it in chunk requests afterwards:
+#
+#   requester: BlobOffer{digest, length}  ─►  worker: have | refused | send
+#   (send)  requester: exactly `length` raw bytes  ─►  worker: hashes them as they come (worker
+#           thread), then stored | corrupt
+#
+# The worker bounds everything: the offer frame (4 KiB), the length (its input limit and store
+# capacity), pushes at once (per peer and in all), and the time a push may take.  Anything it
+# does not take is simply fetched over /inos/blob as before: a push is an optimisation.
+
+_PUSH_FRAME = 4096
+_PUSH_WRITE = 1024 * 1024
+_PUSH_MIN_RATE = 4 * 1024 * 1024  # bytes/s below which a push is given up (plus a fixed allowance)
+
+
+class BlobPushServer:
+    """Take blobs pushed over ``/inos/blob-push/1.0.0`` into ``store``.
+
+    Args:
+        max_bytes: the largest blob taken (the node passes its capsule input limit).
+        max_streams / max_streams_per_peer: pushes at once: at worst ``max_streams * max_bytes``
+            bytes are held while they arrive.
+        admit: as ``BlobServer``.
+    """
+
+    def __init__(self, host: Any, store: MemoryBlobStore, *, max_bytes: int, max_streams: int = 4,
+                 max_streams_per_peer: int = 1, admit: Admit | None = None) -> None:
+        self._host = host
+        self._store = store
+        self._max_bytes = max_bytes
+        self._inbound = InboundStreams("blob-push", max_streams=max_streams, max_per_peer=max_streams_per_peer,
+                                       admit=admit)
+        self.stored = 0
+        self.refused = 0
+        self.corrupt = 0
+        self._pushed: OrderedDict[bytes, None] = OrderedDict()  # digests stored by a push, not yet used
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._inbound.run(self._host, PUSH_PROTOCOL, self._serve, task_status=task_status)
+
+    def used(self, digest: bytes) -> None:
+        """The job the push was for has run: a pushed blob leaves the store (it was pushed for
+        that job only; what the store keeps for longer is what this node made itself)."""
+        if digest in self._pushed:
+            del self._pushed[digest]
+            self._store.discard(digest)
+
+    async def _answer(self, stream: Any, kind: str, reason: str = "") -> None:
+        await stream.write(encode_frame(encode_blob_offer_answer(BlobOfferAnswer(kind, reason)), limit=_PUSH_FRAME))
+
+    async def _serve(self, stream: Any, peer_id: str) -> None:
+        try:
+            reader = FrameReader(stream, limit=_PUSH_FRAME)
+            with trio.fail_after(10):
+                frame = await reader.read_frame()
+            if frame is None:
+                return
+            offer = decode_blob_offer(frame, max_bytes=_PUSH_FRAME)
+            if self._store.get(offer.digest) is not None:
+                await self._answer(stream, "have")
+                return
+            limit = min(self._max_bytes, self._store.capacity_bytes)
+            if offer.length > limit:
+                self.refused += 1
+                await self._answer(stream, "refused", f"{offer.length} bytes is over this node's {limit}-byte limit")
+                return
+            with trio.fail_after(10 + offer.length / _PUSH_MIN_RATE):
+                out, digest = await self._receive(stream, reader, offer)
+            if digest != offer.digest:
+                self.corrupt += 1
+                log.warning("blob-push: %d bytes from peer %s do not hash to %s", offer.length, peer_id,
+                            offer.digest.hex()[:16])
+                await self._answer(stream, "corrupt", "the bytes do not hash to the offered digest")
+                return
+            self._store.put_verified(digest, out)
+            self._pushed[digest] = None
+            while len(self._pushed) > 1024:
+                self._pushed.popitem(last=False)
+            self.stored += 1
+            await self._answer(stream, "stored")
+        except trio.TooSlowError:
+            log.info("blob-push: peer %s too slow, push dropped", peer_id)
+        except RemoteProtocolError as exc:
+            log.warning("blob-push: resetting stream from peer %s: %s", peer_id, exc)
+        except Exception as exc:  # noqa: BLE001 - StreamReset/EOF & co: the push is gone, the node is not
+            log.debug("blob-push: stream from peer %s ended: %r", peer_id, exc)
+        finally:
+            await reset_quietly(stream)
+
+    async def _receive(self, stream: Any, reader: FrameReader, offer: BlobOffer) -> tuple[Any, bytes]:
+        """``send``, then the offered bytes into a fresh buffer (made on a worker thread while the
+        first bytes queue up), hashed on a worker thread as they arrive."""
+        if reader.buffered:
+            raise RemoteProtocolError("blob-push: bytes before the answer to the offer")
+        total = offer.length
+        fill = _Fill(total, _PUSH_WRITE, hashed=total >= _OVERLAP_BYTES)
+        await self._answer(stream, "send")
+        early: list[bytes] = []  # what arrives before the buffer exists (its pages are made meanwhile)
+
+        async def prepare() -> None:
+            out = await trio.to_thread.run_sync(populated_buffer, total)
+            fill.ready(out, memoryview(out))
+
+        got = 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(prepare)
+            if total >= _OVERLAP_BYTES:
+                nursery.start_soon(fill.hash_along)
+            while got < total:
+                data = await stream.read(min(total - got, _PUSH_WRITE))
+                if not data:
+                    raise RemoteProtocolError(f"blob-push: stream ended after {got} of {total} bytes")
+                if not fill.buffer_ready.is_set():
+                    early.append(data)
+                    got += len(data)
+                    continue
+                if early:
+                    self._place_early(fill, early)
+                fill.view[got:got + len(data)] = data
+                before, got = got, got + len(data)
+                for edge in range(before // _PUSH_WRITE, got // _PUSH_WRITE):
+                    fill.placed(edge * _PUSH_WRITE)
+            await fill.buffer_ready.wait()
+            if early:
+                self._place_early(fill, early)
+            if total % _PUSH_WRITE or total == 0:
+                fill.placed((total // _PUSH_WRITE) * _PUSH_WRITE)
+        out = fill.out
+        return out, fill.digest()
+
+
+    @staticmethod
+    def _place_early(fill: _Fill, early: list[bytes]) -> None:
+        """Copy the bytes that came before the buffer existed to its start; mark what they fill."""
+        at = 0
+        for piece in early:
+            fill.view[at:at + len(piece)] = piece
+            at += len(piece)
+        early.clear()
+        for edge in range(at // _PUSH_WRITE):
+            fill.placed(edge * _PUSH_WRITE)
+
+
+class BlobPusher:
+    """The requester's side of ``/inos/blob-push/1.0.0``."""
+
+    def __init__(self, host: Any) -> None:
+        self._host = host
+
+    async def push(self, peer_id: str, digest: bytes, data: bytes | bytearray | memoryview) -> str:
+        """Hand ``data`` (whose blake3 is ``digest``) to ``peer_id``; "stored" or "have".
+
+        Raises:
+            PeerError: the peer cannot be reached, does not take pushes, refused this one, or
+                the stream broke.  Nothing is lost: the peer can still fetch the blob.
+            RemoteProtocolError: the peer answered garbage, or says the bytes did not match.
+        """
+        stream = await open_protocol_stream(self._host, PUSH_PROTOCOL, peer_id)
+        try:
+            reader = FrameReader(stream, limit=_PUSH_FRAME)
+            try:
+                await stream.write(encode_frame(encode_blob_offer(BlobOffer(digest, len(data))), limit=_PUSH_FRAME))
+                answer = await self._answer(reader, peer_id)
+                if answer.kind == "have":
+                    return "have"
+                if answer.kind != "send":
+                    raise PeerError(f"peer {peer_id} did not take the push: {answer.kind} {answer.reason}".strip())
+                view = memoryview(data)
+                for offset in range(0, len(view), _PUSH_WRITE):
+                    await stream.write(bytes(view[offset:offset + _PUSH_WRITE]))
+                answer = await self._answer(reader, peer_id)
+            except (RemoteProtocolError, PeerError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - py-libp2p stream errors: the push failed
+                raise PeerError(f"blob push to {peer_id} broke: {type(exc).__name__}: {exc}") from exc
+            if answer.kind == "corrupt":
+                raise RemoteProtocolError(f"peer {peer_id}: the pushed bytes do not hash to {digest.hex()[:16]}")
+            if answer.kind != "stored":
+                raise RemoteProtocolError(f"peer {peer_id} answered {answer.kind!r} to a finished push")
+            return "stored"
+        finally:
+            await reset_quietly(stream)
+
+    @staticmethod
+    async def _answer(reader: FrameReader, peer_id: str) -> BlobOfferAnswer:
+        frame = await reader.read_frame()
+        if frame is None:
+            raise PeerError(f"peer {peer_id} closed the push stream")
+        return decode_blob_offer_answer(frame, max_bytes=_PUSH_FRAME)

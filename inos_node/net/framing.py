@@ -233,6 +233,11 @@ class FrameReader:
         self._decoder = FrameDecoder(limit=limit)
         self._eof = False
 
+    @property
+    def buffered(self) -> int:
+        """Bytes read from the stream and not yet handed out as a frame."""
+        return self._decoder.buffered
+
     async def read_frame(self) -> bytes | None:
         """The next frame, or None at a clean end of stream (between frames).
 

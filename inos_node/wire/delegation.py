@@ -39,6 +39,12 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "DIGEST_BYTES",
     "MAX_BLOB_CHUNK",
+    "BlobOffer",
+    "BlobOfferAnswer",
+    "decode_blob_offer",
+    "decode_blob_offer_answer",
+    "encode_blob_offer",
+    "encode_blob_offer_answer",
     "BlobChunk",
     "BlobFailed",
     "BlobNotFound",
@@ -468,5 +474,68 @@ def decode_blob_response(data: bytes | memoryview, *, max_bytes: int = MAX_BLOB_
         return fast
     result: BlobResponse = decode_struct(
         _schema().BlobResponse, data, max_bytes, "blob response", _read_blob_response
+    )
+    return result
+
+
+# ------------------------------------------------------------------------------- blob push
+
+
+@dataclass(frozen=True, slots=True)
+class BlobOffer:
+    digest: bytes
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlobOfferAnswer:
+    kind: str  # "send" | "have" | "refused" | "stored" | "corrupt"
+    reason: str = ""
+
+
+_OFFER_KINDS = ("send", "have", "refused", "stored", "corrupt")
+
+
+def encode_blob_offer(offer: BlobOffer, *, max_bytes: int = 4096) -> bytes:
+    m = _schema().BlobOffer.new_message()
+    m.digest = offer.digest
+    m.length = _u64(offer.length, "length")
+    return finish(m, "blob offer", max_bytes)
+
+
+def _read_blob_offer(r: Any) -> BlobOffer:
+    digest = bytes(r.digest)
+    if len(digest) != DIGEST_BYTES:
+        raise RemoteProtocolError(f"a blob offer's digest must be {DIGEST_BYTES} bytes, got {len(digest)}",
+                                  limit=DIGEST_BYTES, observed=len(digest))
+    return BlobOffer(digest=digest, length=r.length)
+
+
+def decode_blob_offer(data: bytes | memoryview, *, max_bytes: int = 4096) -> BlobOffer:
+    result: BlobOffer = decode_struct(_schema().BlobOffer, data, max_bytes, "blob offer", _read_blob_offer)
+    return result
+
+
+def encode_blob_offer_answer(answer: BlobOfferAnswer, *, max_bytes: int = 4096) -> bytes:
+    if answer.kind not in _OFFER_KINDS:
+        raise LocalProtocolError(f"unknown blob offer answer {answer.kind!r}")
+    m = _schema().BlobOfferAnswer.new_message()
+    if answer.kind in ("refused", "corrupt"):
+        setattr(m, answer.kind, answer.reason[:1024])
+    else:
+        setattr(m, answer.kind, None)
+    return finish(m, "blob offer answer", max_bytes)
+
+
+def _read_blob_offer_answer(r: Any) -> BlobOfferAnswer:
+    kind = r.which()
+    if kind in ("refused", "corrupt"):
+        return BlobOfferAnswer(kind, str(getattr(r, kind)))
+    return BlobOfferAnswer(str(kind))
+
+
+def decode_blob_offer_answer(data: bytes | memoryview, *, max_bytes: int = 4096) -> BlobOfferAnswer:
+    result: BlobOfferAnswer = decode_struct(
+        _schema().BlobOfferAnswer, data, max_bytes, "blob offer answer", _read_blob_offer_answer
     )
     return result

@@ -21,7 +21,14 @@ from libp2p.peer.id import ID
 from inos_node.errors import LocalProtocolError, PeerError, RemoteProtocolError
 from inos_node.identity import Identity
 from inos_node.net import bench
-from inos_node.net.blobs import BlobClient, BlobServer, MemoryBlobStore
+from inos_node.net.blobs import (
+    PUSH_PROTOCOL,
+    BlobClient,
+    BlobPusher,
+    BlobPushServer,
+    BlobServer,
+    MemoryBlobStore,
+)
 from inos_node.net.delegation import PROTOCOL, DelegationClient, DelegationServer, verify_receipt
 from inos_node.net.framing import encode_frame
 from inos_node.net.host import HostConfig, addresses, connect, open_host, quiet_libp2p_logs
@@ -439,6 +446,79 @@ async def test_a_large_corrupted_blob_is_refused_wherever_the_flip_is(where):
     async with open_blob_pair(store) as (client, peer):
         with pytest.raises(RemoteProtocolError, match="does not hash"):
             await client.fetch_input(peer, digest, max_bytes=16 * 1024 * 1024)
+
+
+@asynccontextmanager
+async def open_push_pair(store: MemoryBlobStore, *, max_bytes: int = 64 * 1024 * 1024
+                         ) -> AsyncIterator[tuple[BlobPusher, str, BlobPushServer, Any]]:
+    async with (
+        open_host(Identity(os.urandom(32)), HostConfig()) as a,
+        open_host(Identity(os.urandom(32)), HostConfig()) as b,
+        trio.open_nursery() as nursery,
+    ):
+        server = BlobPushServer(b, store, max_bytes=max_bytes)
+        await nursery.start(server.run)
+        peer = await connect(a, addresses(b)[0])
+        yield BlobPusher(a), peer, server, a
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_pushed_blob_is_verified_and_stored_and_a_second_push_sends_nothing():
+    store = MemoryBlobStore()
+    async with open_push_pair(store) as (pusher, peer, server, _):
+        for size in (0, 1000, 9 * 1024 * 1024 + 3):  # empty, small, large (hashed on the way in)
+            data = os.urandom(size)
+            digest = blake3.blake3(data).digest()
+            assert await pusher.push(peer, digest, data) == "stored"
+            assert bytes(store.get(digest)) == data
+            assert await pusher.push(peer, digest, data) == "have"
+        assert server.stored == 3
+        server.used(digest)  # the job it was pushed for ran: it leaves the store
+        assert store.get(digest) is None
+        mine = store.put(b"made here")
+        server.used(mine)  # only what was pushed is dropped
+        assert store.get(mine) == b"made here"
+
+
+async def test_a_push_over_the_limit_is_refused_before_any_byte_moves():
+    store = MemoryBlobStore()
+    async with open_push_pair(store, max_bytes=1024) as (pusher, peer, server, _):
+        data = os.urandom(4096)
+        with pytest.raises(PeerError, match="refused .*over this node's 1024-byte limit"):
+            await pusher.push(peer, blake3.blake3(data).digest(), data)
+        assert server.refused == 1 and store.statistics().blobs == 0
+
+
+@pytest.mark.parametrize("size", [5000, 10 * 1024 * 1024])
+async def test_pushed_bytes_that_do_not_match_their_digest_are_not_stored(size):
+    store = MemoryBlobStore()
+    async with open_push_pair(store) as (pusher, peer, server, _):
+        data = os.urandom(size)
+        wrong = blake3.blake3(data + b"!").digest()
+        with pytest.raises(RemoteProtocolError, match="do not hash"):
+            await pusher.push(peer, wrong, data)
+        assert server.corrupt == 1 and store.get(wrong) is None
+
+
+async def test_a_push_cut_short_stores_nothing_and_the_server_serves_on():
+    store = MemoryBlobStore()
+    async with open_push_pair(store) as (pusher, peer, server, a):
+        data = os.urandom(3 * 1024 * 1024)
+        digest = blake3.blake3(data).digest()
+        stream = await a.new_stream(ID.from_base58(peer), [PUSH_PROTOCOL])
+        from inos_node.net.framing import FrameReader
+        from inos_node.wire.delegation import BlobOffer, decode_blob_offer_answer, encode_blob_offer
+
+        await stream.write(encode_frame(encode_blob_offer(BlobOffer(digest, len(data))), limit=4096))
+        answer = decode_blob_offer_answer(await FrameReader(stream, limit=4096).read_frame())
+        assert answer.kind == "send"
+        await stream.write(data[: len(data) // 2])
+        await stream.close()  # half the bytes, then EOF
+        with trio.fail_after(10):
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # the server has dropped it
+        assert len(server._inbound) == 0 and server.stored == 0
+        assert store.get(digest) is None
+        assert await pusher.push(peer, digest, data) == "stored"  # and takes the next push
 
 
 async def test_blob_not_found_is_a_peer_error():

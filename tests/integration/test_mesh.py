@@ -61,11 +61,19 @@ def test_remote_picks_a_serving_peer_and_the_wasm_module_travels(trio_nodes, cap
     assert rec.cost == rec.metrics["fuel"] > 0
 
 
+def _pushes_stored(node: NodeProc) -> float:
+    text = node.client().request("GET", "/metrics").body.decode()
+    line = next(x for x in text.splitlines() if x.startswith('inos_blob_pushes_total{outcome="stored"}'))
+    return float(line.split()[-1])
+
+
 def test_large_input_travels_by_digest(trio_nodes):
     a, b, _ = trio_nodes
-    data = bytes(range(256)) * (3 * 4096)  # 3 MiB: over the inline limit, fetched over /inos/blob
+    data = bytes(range(256)) * (3 * 4096)  # 3 MiB: over the inline limit: pushed to B before the request
+    before = _pushes_stored(b)
     rec = a.client().run(SubmitRequest("compute.sha256", data, placement=f"peer:{b.peer_id}"))
     assert rec.ok, rec.error
+    assert _pushes_stored(b) == before + 1, "the input went over /inos/blob-push"
     import hashlib
 
     assert rec.output == hashlib.sha256(data).digest() and rec.receipt["input_digest"] == blake3.blake3(data).hexdigest()

@@ -65,3 +65,21 @@ struct BlobResponse {
   }
   totalLength @4 :UInt64;
 }
+
+# /inos/blob-push/1.0.0: a requester hands a large input to the worker it is about to delegate
+# to, on a stream of its own: BlobOffer, then (on `send`) exactly `length` raw bytes, then the
+# worker's verdict. One offer per stream.
+struct BlobOffer {
+  digest @0 :Data;                  # blake3 of the whole content
+  length @1 :UInt64;
+}
+
+struct BlobOfferAnswer {
+  union {
+    send @0 :Void;                  # go on: write the bytes
+    have @1 :Void;                  # already held: nothing to send
+    refused @2 :Text;               # too large, no room, busy: fetch it the usual way
+    stored @3 :Void;                # (after the bytes) verified and stored
+    corrupt @4 :Text;               # (after the bytes) they do not hash to the digest
+  }
+}
