@@ -19,6 +19,8 @@ The economy's cost is measured on a second pair, A' (in this process) and B' (a 
 a network with a genesis, alive at the same time as A and B, through the daemon's whole job path
 (submit, decider, delegation, receipt check; the same path ``inos submit`` takes) on both sides:
 
+  remote_rtt_econ_phase_p50_us remote_rtt again, in the same rounds as the two below (the
+                               paid/unpaid ratio is taken against it: same minute, same machine)
   remote_job_rtt_p50_us        system.echo submitted on A with --peer B (no ledger)
   remote_paid_rtt_p50_us       the same on A' with --peer B': escrow lock before the request
                                (B' checks it before running), settle after the receipt verifies
@@ -75,13 +77,15 @@ async def _main(quick: bool, gossip_30: bool, say: Any) -> dict[str, Any]:
                     await paid.net.wait_peers(peer_id=pb.peer_id, serving="system.echo", count=1)
                 await _mesh_pairs(report, daemon, b, rounds, quick, say)
                 say("the economy: a paid job vs an unpaid one, through the daemon's job path")
-                job, paid_samples = [], []
+                remote, job, paid_samples = [], [], []
                 per = 100 if quick else 200
-                for _ in range(rounds):
+                for r in range(rounds):
+                    remote += await _remote_samples(daemon, b.peer_id, per, f"econ-{r}")
                     job += await _job_samples(daemon, b.peer_id, per)
                     paid_samples += await _job_samples(paid, pb.peer_id, per)
                 rec = paid.jobs(1)[0]
                 assert rec.settlement is not None and rec.cost > 0, rec  # it really was paid
+                report["remote_rtt_econ_phase_p50_us"] = _p50_us(remote)
                 report["remote_job_rtt_p50_us"] = _p50_us(job)
                 report["remote_paid_rtt_p50_us"] = _p50_us(paid_samples)
                 nursery.cancel_scope.cancel()
@@ -109,7 +113,7 @@ async def _main(quick: bool, gossip_30: bool, say: Any) -> dict[str, Any]:
                                                             "libp2p_stream_throughput_per_s"),
         "blob/libp2p_bulk": ratio("blob_mbps", "libp2p_bulk_mbps"),
         "remote_paid_rtt/remote_job_rtt": ratio("remote_paid_rtt_p50_us", "remote_job_rtt_p50_us"),
-        "remote_paid_rtt/remote_rtt": ratio("remote_paid_rtt_p50_us", "remote_rtt_p50_us"),
+        "remote_paid_rtt/remote_rtt": ratio("remote_paid_rtt_p50_us", "remote_rtt_econ_phase_p50_us"),
     }
     return report
 
@@ -128,12 +132,7 @@ async def _mesh_pairs(report: dict[str, Any], daemon: Any, b: Any, rounds: int, 
     req = SubmitRequest("system.echo", b"x" * 100)
     for r in range(rounds):
         raw += (await netbench.libp2p_stream_rtt_p50_us(mesh.host, b.peer_id, n=n))["samples_s"]
-        for i in range(n + 20):
-            t0 = time.perf_counter()
-            rec = await mesh.run_remote(f"bench-{r}-{i}", req, b.peer_id, 10_000)
-            if i >= 20:  # warm-up
-                ours.append(time.perf_counter() - t0)
-            assert rec["status"] == "success" and rec["receipt"] is not None, rec
+        ours += await _remote_samples(daemon, b.peer_id, n, f"bench-{r}")
     report["libp2p_stream_rtt_p50_us"] = _p50_us(raw)
     report["remote_rtt_p50_us"] = _p50_us(ours)
 
@@ -195,6 +194,22 @@ def _paid_genesis(base: Path) -> Path:
     dids = [DataDir(base / name).ensure().identity().did for name in ("pa", "pb")]
     doc, _ = create_genesis({d: 10_000_000 for d in dids}, name="bench")
     return write_genesis(base / "genesis.json", doc, force=True)
+
+
+async def _remote_samples(daemon: Any, peer: str, n: int, prefix: str) -> list[float]:
+    """Seconds of ``system.echo`` (100 B) run on ``peer`` through the mesh (``Mesh.run_remote``:
+    request, answer, receipt verified), one at a time."""
+    from inos_node.api.service import SubmitRequest
+
+    req = SubmitRequest("system.echo", b"x" * 100)
+    samples = []
+    for i in range(n + 20):
+        t0 = time.perf_counter()
+        rec = await daemon.net.run_remote(f"{prefix}-{i}", req, peer, 10_000)
+        if i >= 20:  # warm-up
+            samples.append(time.perf_counter() - t0)
+        assert rec["status"] == "success" and rec["receipt"] is not None, rec
+    return samples
 
 
 async def _job_samples(daemon: Any, peer: str, n: int) -> list[float]:
