@@ -424,6 +424,8 @@ class Mesh:
             if module is None and job.module_digest:
                 module = await self._blob(job.module_digest, peer_id)
         except (PeerError, RemoteProtocolError) as exc:
+            if isinstance(job.input, Digest):
+                self.push_server.used(job.input.value)  # (claimed if its input was held)
             return DelegateResponse(run.request_id, JobResult(job.job_id, Status.FAILED, error=str(exc),
                                                               retryable=True))
         local_req = replace(job, input=data, module=module, module_digest=None)
@@ -472,7 +474,10 @@ class Mesh:
         DHT knows.  ``as_input``: any bytes-like will do (a capsule's input), else ``bytes``."""
         held = self.blobs.get(digest)
         if held is not None:  # ours, or pushed to us by the requester
-            return held if as_input else bytes(held)
+            if not as_input:
+                return bytes(held)
+            self.push_server.claim(digest)  # released by ``used`` once the job has run
+            return held
         limit = self.daemon.local.engine.config.max_input_bytes
         fetch = self.blob_client.fetch_input if as_input else self.blob_client.fetch
         try:

@@ -473,11 +473,44 @@ async def test_a_pushed_blob_is_verified_and_stored_and_a_second_push_sends_noth
             assert bytes(store.get(digest)) == data
             assert await pusher.push(peer, digest, data) == "have"
         assert server.stored == 3
-        server.used(digest)  # the job it was pushed for ran: it leaves the store
+        # two pushes of the last blob (stored, then "have"): two jobs are coming for it
+        server.claim(digest)
+        server.claim(digest)
+        server.used(digest)
+        assert bytes(store.get(digest)) == data, "kept while a job still holds it"
+        server.used(digest)  # the last job it was pushed for ran: it leaves the store
         assert store.get(digest) is None
         mine = store.put(b"made here")
+        server.claim(mine)
         server.used(mine)  # only what was pushed is dropped
         assert store.get(mine) == b"made here"
+
+
+async def test_the_next_large_push_reuses_the_last_ones_buffer_and_reads_right():
+    store = MemoryBlobStore()
+    async with open_push_pair(store) as (pusher, peer, server, _):
+        first = os.urandom(20 * 1024 * 1024)
+        d1 = blake3.blake3(first).digest()
+        assert await pusher.push(peer, d1, first) == "stored"
+        server.claim(d1)
+        server.used(d1)
+        spare = server._spare
+        assert spare is not None and len(spare) == len(first) and store.get(d1) is None
+        second = os.urandom(9 * 1024 * 1024)  # smaller: lands in the start of the same buffer
+        d2 = blake3.blake3(second).digest()
+        assert await pusher.push(peer, d2, second) == "stored"
+        held = store.get(d2)
+        assert held.obj is spare and len(held) == len(second) and bytes(held) == second
+        third = os.urandom(10 * 1024 * 1024)  # while the second is held: a buffer of its own
+        d3 = blake3.blake3(third).digest()
+        assert await pusher.push(peer, d3, third) == "stored"
+        assert bytes(store.get(d2)) == second and bytes(store.get(d3)) == third
+        server.claim(d2)
+        server.used(d2)
+        assert server._spare is spare  # back again
+        since = server._spare_since
+        assert not server.drop_idle_spare(since + server.spare_idle_s / 2)
+        assert server.drop_idle_spare(since + server.spare_idle_s + 1) and server._spare is None
 
 
 async def test_a_push_over_the_limit_is_refused_before_any_byte_moves():
