@@ -135,7 +135,8 @@ def _wait_gone(pids: list[int], deadline: float) -> list[int]:
         time.sleep(POLL_S)
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether a listener could bind 127.0.0.1:``port`` now."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -304,7 +305,7 @@ def up(root: Path, nodes: int, *, base_port: int = DEFAULT_BASE_PORT, alloc: int
         if len(old["nodes"]) != nodes:
             raise TestnetError(f"{root} holds a stopped testnet of {len(old['nodes'])} nodes: use --nodes "
                                f"{len(old['nodes'])}, another --dir, or remove {root}")
-    taken = [p for s in specs for p in (s.p2p_port, s.api_port) if not _port_free(p)]
+    taken = [p for s in specs for p in (s.p2p_port, s.api_port) if not port_free(p)]
     if taken:
         raise TestnetError(f"port(s) {', '.join(map(str, taken))} on 127.0.0.1 are in use "
                            "(another testnet?): choose another --base-port")

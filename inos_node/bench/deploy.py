@@ -64,7 +64,6 @@ import random
 import selectors
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -328,16 +327,10 @@ def _bench_start(report: dict[str, Any], runs: int, base: Path, say: Callable[[s
 
 # --------------------------------------------------------------------------- testnet
 def _ports_free(base_port: int, nodes: int) -> bool:
-    from inos_node.testnet import API_OFFSET
+    from inos_node.testnet import API_OFFSET, port_free
 
-    for port in [base_port + k for k in range(nodes)] + [base_port + API_OFFSET + k for k in range(nodes)]:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
+    ports = [base_port + k for k in range(nodes)] + [base_port + API_OFFSET + k for k in range(nodes)]
+    return all(port_free(port) for port in ports)
 
 
 def _pick_base_port(nodes: int) -> int:
