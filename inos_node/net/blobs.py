@@ -382,14 +382,16 @@ class BlobClient:
             offsets = iter(range(self._chunk, total, self._chunk))
             errors: list[Exception] = []
 
-            async def prepare() -> None:
+            async def prepare(cancel: trio.CancelScope) -> None:
                 if big and allocate_in_thread:
                     out = await trio.to_thread.run_sync(allocate, total)
                 else:
                     out = allocate(total)
                 view = memoryview(out)
                 if len(view) != total or view.readonly:
-                    raise ValueError(f"allocate({total}) must return a writable buffer of that size")
+                    errors.append(ValueError(f"allocate({total}) must return a writable buffer of that size"))
+                    cancel.cancel()
+                    return
                 fill.ready(out, view)
                 self._place(view, first, 0, total, min(self._chunk, total))
                 fill.placed(0)
@@ -407,7 +409,7 @@ class BlobClient:
                     cancel.cancel()
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(prepare)
+                nursery.start_soon(prepare, nursery.cancel_scope)
                 if big:
                     nursery.start_soon(fill.hash_along)
                 async with trio.open_nursery() as fetchers:
@@ -656,6 +658,7 @@ class BlobPushServer:
             fill.ready(out, memoryview(out)[:total])
 
         got = 0
+        cut: list[RemoteProtocolError] = []  # raised after the nursery (not as an exception group)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(prepare)
             if total >= _OVERLAP_BYTES:
@@ -663,7 +666,9 @@ class BlobPushServer:
             while got < total:
                 data = await stream.read(min(total - got, _PUSH_WRITE))
                 if not data:
-                    raise RemoteProtocolError(f"blob-push: stream ended after {got} of {total} bytes")
+                    cut.append(RemoteProtocolError(f"blob-push: stream ended after {got} of {total} bytes"))
+                    nursery.cancel_scope.cancel()
+                    break
                 if not fill.buffer_ready.is_set():
                     early.append(data)
                     got += len(data)
@@ -674,11 +679,14 @@ class BlobPushServer:
                 before, got = got, got + len(data)
                 for edge in range(before // _PUSH_WRITE, got // _PUSH_WRITE):
                     fill.placed(edge * _PUSH_WRITE)
-            await fill.buffer_ready.wait()
-            if early:
-                self._place_early(fill, early)
-            if total % _PUSH_WRITE or total == 0:
-                fill.placed((total // _PUSH_WRITE) * _PUSH_WRITE)
+            else:
+                await fill.buffer_ready.wait()
+                if early:
+                    self._place_early(fill, early)
+                if total % _PUSH_WRITE or total == 0:
+                    fill.placed((total // _PUSH_WRITE) * _PUSH_WRITE)
+        if cut:
+            raise cut[0]
         out = fill.out
         return out, fill.digest()
 

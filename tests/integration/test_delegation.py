@@ -554,6 +554,16 @@ async def test_a_push_cut_short_stores_nothing_and_the_server_serves_on():
         assert await pusher.push(peer, digest, data) == "stored"  # and takes the next push
 
 
+async def test_a_fetch_into_a_wrong_buffer_is_a_plain_value_error():
+    store = MemoryBlobStore()
+    data = os.urandom(3 * 1024 * 1024)
+    digest = store.put(data)
+    async with open_blob_pair(store) as (client, peer):
+        with pytest.raises(ValueError, match="writable buffer"):
+            await client.fetch_into(peer, digest, max_bytes=len(data), allocate=lambda n: bytearray(n - 1))
+        assert await client.fetch(peer, digest, max_bytes=len(data)) == data  # the client goes on
+
+
 async def test_blob_not_found_is_a_peer_error():
     async with open_blob_pair(MemoryBlobStore()) as (client, peer):
         with pytest.raises(PeerError, match="does not have"):
