@@ -11,6 +11,7 @@ is what the workers and the treasury gained.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections import Counter
@@ -376,6 +377,40 @@ def test_a_worker_claims_what_a_silent_requester_owes(tmp_path):
         assert history == ["escrow_lock", "settle"], history
         paid = wait_for(lambda: (cb.balance(b_did)["balance"] > net.alloc) or None, 30, "the worker to be paid")
         assert paid
+        net.converge(["a", "b"])
+        for name in ("a", "b"):
+            net.check_ledger(name)
+    finally:
+        net.close()
+
+
+def test_paid_jobs_that_take_the_slow_path_are_paid_once(tmp_path):
+    """The worker's task path with a ledger: a large input (pushed before the request, then read
+    from the worker's blob store) and a capsule that runs on a thread, both paid; then a small
+    inline one (the fast path) after them, so the worker holds the requester's chain as it grows."""
+    net = EcoNet(tmp_path, ["a", "b"], alloc=100_000)
+    try:
+        a = net.start("a")
+        b = net.start("b", bootstrap=["a"])
+        ca, cb = a.client(), b.client()
+        assert ca.wait_peers(peer_id=b.peer_id, serving="compute.sha256", timeout_s=30)
+        big = os.urandom(3 * 1024 * 1024)
+        jobs = [SubmitRequest("compute.sha256", big, placement=f"peer:{b.peer_id}", timeout_s=30),
+                SubmitRequest("compute.brotli_compress", big[: 512 * 1024], placement=f"peer:{b.peer_id}",
+                              timeout_s=30),
+                SubmitRequest("compute.blake3", b"small", placement=f"peer:{b.peer_id}", timeout_s=30)]
+        records = [ca.run(req) for req in jobs]
+        for rec in records:
+            assert rec.status == "success", rec.error
+            assert rec.executor == b.peer_id and rec.settlement is not None and rec.cost > 0, rec
+        assert records[0].output == hashlib.sha256(big).digest()
+        history = [blk["type"] for blk in ca.history()["blocks"]]
+        assert history == ["escrow_lock", "settle"] * 3, history
+        assert ca.balance()["escrow"] == 0
+        spent = sum(rec.cost for rec in records)
+        assert ca.balance()["balance"] == net.alloc - spent
+        paid = sum(rec.settlement["paid"] for rec in records)
+        wait_for(lambda: cb.balance()["balance"] == net.alloc + paid or None, 30, "the worker to hold its pay")
         net.converge(["a", "b"])
         for name in ("a", "b"):
             net.check_ledger(name)
