@@ -381,9 +381,11 @@ class Mesh:
                 if escrow is None:
                     return None  # the lock waits for blocks to fetch: the slow path does it
             data = job.input if isinstance(job.input, bytes) else bytes(job.input)
-            if blake3.blake3(data).digest() != run.input_digest:
-                return DelegateResponse(run.request_id, JobResult(
-                    job.job_id, Status.FAILED, error="the inline input does not match its digest", retryable=True))
+            try:
+                _check_inline(data, run.input_digest)
+            except RemoteProtocolError as exc:
+                return DelegateResponse(run.request_id, JobResult(job.job_id, Status.FAILED, error=str(exc),
+                                                                  retryable=True))
             result = d.local.execute_now(job if data is job.input else replace(job, input=data))
             if result is None:
                 return None  # (the escrow, if any, is applied; the slow path finds it open)
@@ -465,8 +467,7 @@ class Mesh:
         if isinstance(payload, Digest):
             return await self._blob(payload.value, requester, as_input=True)
         data = bytes(payload)
-        if blake3.blake3(data).digest() != digest:
-            raise RemoteProtocolError("the inline input does not match its digest")
+        _check_inline(data, digest)
         return data
 
     async def _blob(self, digest: bytes, requester: str, *, as_input: bool = False) -> Any:
@@ -495,3 +496,7 @@ class Mesh:
         return got if as_input else bytes(got)
 
 
+def _check_inline(data: bytes, digest: bytes) -> None:
+    """An inline input must hash to the digest its request names (the receipt signs that digest)."""
+    if blake3.blake3(data).digest() != digest:
+        raise RemoteProtocolError("the inline input does not match its digest")

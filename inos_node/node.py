@@ -180,7 +180,7 @@ class LocalNode:
 
     def execute_now(self, req: JobRequest) -> JobResult | None:
         """The result at once for a capsule that runs inline, else None (``await execute`` it)."""
-        return self.engine.execute_now(req) if self.runs_now(req) else None
+        return self.engine.execute_now(req)
 
     def runtime_info(self) -> dict[str, Any]:
         flags = _cpu_flags()

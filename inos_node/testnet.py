@@ -94,7 +94,7 @@ def plan(root: Path, nodes: int, base_port: int) -> list[NodeSpec]:
 
 
 # --------------------------------------------------------------------------- processes
-def _stat(pid: int) -> list[str] | None:
+def proc_stat(pid: int) -> list[str] | None:
     """The fields of /proc/PID/stat after the command name (index 0 is field 3, the state)."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
@@ -104,7 +104,7 @@ def _stat(pid: int) -> list[str] | None:
 
 
 def start_time(pid: int) -> int | None:
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return int(fields[19]) if fields else None
 
 
@@ -112,16 +112,16 @@ def _ours(pid: int | None, started: int | None) -> bool:
     """Is ``pid`` still the process we started (same start time) and not a zombie?"""
     if not pid:
         return False
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return fields is not None and int(fields[19]) == started and fields[0] not in ("Z", "X")
 
 
-def _session_members(sids: set[int]) -> list[int]:
+def session_members(sids: set[int]) -> list[int]:
     """Live processes whose session id is one of ``sids`` (a node and its workers)."""
     out = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            fields = _stat(int(entry))
+            fields = proc_stat(int(entry))
             if fields and int(fields[3]) in sids and fields[0] not in ("Z", "X"):
                 out.append(int(entry))
     return out
@@ -129,7 +129,7 @@ def _session_members(sids: set[int]) -> list[int]:
 
 def _wait_gone(pids: list[int], deadline: float) -> list[int]:
     while True:
-        alive = [p for p in pids if (f := _stat(p)) is not None and f[0] not in ("Z", "X")]
+        alive = [p for p in pids if (f := proc_stat(p)) is not None and f[0] not in ("Z", "X")]
         if not alive or time.monotonic() >= deadline:
             return alive
         time.sleep(POLL_S)
@@ -477,8 +477,8 @@ def down(root: Path, *, timeout_s: float = 15.0, progress: IO[str] | None = None
     # a session id is ours while its leader is gone or still the process we started (a pid in use
     # as a session id is never recycled, so members of a gone leader's session are its workers)
     sids = {pid for n in nodes for pid, st in n.get("history", [])
-            if (f := _stat(pid)) is None or f[0] in ("Z", "X") or int(f[19]) == st}
-    stray = _session_members(sids)  # worker processes of nodes that were SIGKILLed
+            if (f := proc_stat(pid)) is None or f[0] in ("Z", "X") or int(f[19]) == st}
+    stray = session_members(sids)  # worker processes of nodes that were SIGKILLed
     for pid in stray:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -487,7 +487,7 @@ def down(root: Path, *, timeout_s: float = 15.0, progress: IO[str] | None = None
 
     for prefix, _ in list(_arenas(nodes)):
         sweep_stale(SHM_DIR, prefix)  # removes only arenas whose owner is gone
-    left_procs = _session_members(sids)
+    left_procs = session_members(sids)
     left_shm = sorted({path for _, path in _arenas(nodes)})
     if left_procs or left_shm:
         raise TestnetError(f"down left processes {left_procs} and shared memory {left_shm} behind")

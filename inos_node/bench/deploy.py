@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from inos_node.errors import InosError
+from inos_node.testnet import API_OFFSET, log_tail, port_free, proc_stat, session_members, start_time
 
 __all__ = ["DeployBenchError", "run_deploy"]
 
@@ -93,12 +94,10 @@ class DeployBenchError(InosError):
 # --------------------------------------------------------------------------- /proc
 def _proc_entry(pid: int) -> tuple[int, int, int] | None:
     """(ppid, session id, start time in clock ticks) of a live process; None if gone or a zombie."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
+    fields = proc_stat(pid)  # fields[0] is the state, field 3 of stat(5)
+    if fields is None or fields[0] in ("Z", "X"):
         return None
-    fields = raw[raw.rindex(")") + 2:].split()  # fields[0] is the state, field 3 of stat(5)
-    return None if fields[0] in ("Z", "X") else (int(fields[1]), int(fields[3]), int(fields[19]))
+    return int(fields[1]), int(fields[3]), int(fields[19])
 
 
 def _proc_table() -> dict[int, tuple[int, int, int]]:
@@ -120,18 +119,12 @@ def _descendants(pid: int, table: dict[int, tuple[int, int, int]]) -> list[int]:
     return out
 
 
-def _start_time(pid: int) -> int | None:
-    row = _proc_entry(pid)
-    return row[2] if row else None
-
-
-def _session_members(leaders: dict[int, int | None]) -> list[int]:
+def _sessions_of(leaders: dict[int, int | None]) -> list[int]:
     """Live members of the sessions these leaders (pid -> start time) opened.  A session is ours
     while its leader is gone or still the process we started: a pid in use as a session id is
     never recycled, so members of a gone leader's session are its workers (testnet.down's rule)."""
-    table = _proc_table()
-    sids = {pid for pid, started in leaders.items() if pid not in table or table[pid][2] == started}
-    return sorted(p for p, (_, sid, _) in table.items() if sid in sids)
+    sids = {pid for pid, started in leaders.items() if (row := _proc_entry(pid)) is None or row[2] == started}
+    return sorted(session_members(sids))
 
 
 def _kb(pid: int, path: str, key: str) -> int:
@@ -164,7 +157,7 @@ def _leftovers(leaders: dict[int, int | None], prefixes: list[str],
                deadline: float) -> tuple[list[int], list[str]]:
     """Processes of these leaders' sessions and arenas with these prefixes still there at ``deadline``;
     what is found is killed or swept (the bench leaves nothing behind) and returned for the report."""
-    while (procs := _session_members(leaders)) and time.monotonic() < deadline:
+    while (procs := _sessions_of(leaders)) and time.monotonic() < deadline:
         time.sleep(POLL_S)  # a node's workers exit just after it
     for pid in procs:
         try:
@@ -227,13 +220,6 @@ def _is_ready_line(line: bytes) -> bool:
     return isinstance(doc, dict) and doc.get("event") == "ready"
 
 
-def _log_tail(path: Path, chars: int = 2000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except FileNotFoundError:
-        return "(no log)"
-
-
 def _start_once(base: Path, i: int, env: dict[str, str]) -> dict[str, Any]:
     """Spawn a node on a fresh data dir, wait for health 200, stop it, check it left nothing."""
     from inos_node.client import ApiError, Client
@@ -248,7 +234,7 @@ def _start_once(base: Path, i: int, env: dict[str, str]) -> dict[str, Any]:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
                                 start_new_session=True)
-    started = _start_time(proc.pid)
+    started = start_time(proc.pid)
     assert proc.stdout is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ)
@@ -269,11 +255,11 @@ def _start_once(base: Path, i: int, env: dict[str, str]) -> dict[str, Any]:
                     break
             if proc.poll() is not None:
                 raise DeployBenchError(f"node {name} exited ({proc.returncode}) before its API was ready; "
-                                       f"the end of its log:\n{_log_tail(log_path)}")
+                                       f"the end of its log:\n{log_tail(log_path)}")
             if time.perf_counter() >= deadline:
                 raise DeployBenchError(f"node {name} did not answer /v1/health with 200 within "
                                        f"{START_DEADLINE_S:.0f} s (last answer: {status}); "
-                                       f"the end of its log:\n{_log_tail(log_path)}")
+                                       f"the end of its log:\n{log_tail(log_path)}")
             if ready_line_s is None and not eof:
                 if sel.select(POLL_S):  # the ready line, or the poll interval
                     line = proc.stdout.readline()
@@ -327,8 +313,6 @@ def _bench_start(report: dict[str, Any], runs: int, base: Path, say: Callable[[s
 
 # --------------------------------------------------------------------------- testnet
 def _ports_free(base_port: int, nodes: int) -> bool:
-    from inos_node.testnet import API_OFFSET, port_free
-
     ports = [base_port + k for k in range(nodes)] + [base_port + API_OFFSET + k for k in range(nodes)]
     return all(port_free(port) for port in ports)
 

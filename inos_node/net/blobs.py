@@ -51,6 +51,7 @@ from inos_node.net.framing import (
     encode_frame,
     encode_header,
     reset_quietly,
+    serve_frames,
 )
 from inos_node.wire.delegation import (
     DIGEST_BYTES,
@@ -214,31 +215,22 @@ class BlobServer:
         await self._inbound.run(self._host, PROTOCOL, self._serve, task_status=task_status)
 
     async def _serve(self, stream: Any, peer_id: str) -> None:
-        reader = FrameReader(stream, limit=_MAX_REQUEST_FRAME)
-        try:
-            while True:
-                frame = await reader.read_frame()
-                if frame is None:
-                    break
-                req = decode_blob_request(frame, max_bytes=_MAX_REQUEST_FRAME)
-                answer = self._answer(req)
-                if isinstance(answer, BlobChunk):
-                    # The chunk goes out as it lies in the store: no copy on our side.
-                    head, chunk, pad = encode_blob_chunk_parts(answer, max_bytes=_MAX_RESPONSE_FRAME)
-                    size = len(head) + len(chunk) + len(pad)
-                    await stream.write(encode_header(size, limit=_MAX_RESPONSE_FRAME) + head)
-                    await stream.write(chunk)
-                    if pad:
-                        await stream.write(pad)
-                else:
-                    payload = encode_blob_response(answer, max_bytes=_MAX_RESPONSE_FRAME)
-                    await stream.write(encode_frame(payload, limit=_MAX_RESPONSE_FRAME))
-        except RemoteProtocolError as exc:
+        async def on_frame(frame: bytes) -> None:
+            answer = self._answer(decode_blob_request(frame, max_bytes=_MAX_REQUEST_FRAME))
+            if isinstance(answer, BlobChunk):
+                # The chunk goes out as it lies in the store: no copy on our side.
+                head, chunk, pad = encode_blob_chunk_parts(answer, max_bytes=_MAX_RESPONSE_FRAME)
+                size = len(head) + len(chunk) + len(pad)
+                await stream.write(encode_header(size, limit=_MAX_RESPONSE_FRAME) + head)
+                await stream.write(chunk)
+                if pad:
+                    await stream.write(pad)
+            else:
+                payload = encode_blob_response(answer, max_bytes=_MAX_RESPONSE_FRAME)
+                await stream.write(encode_frame(payload, limit=_MAX_RESPONSE_FRAME))
+
+        if await serve_frames(stream, peer_id, name="blob", limit=_MAX_REQUEST_FRAME, on_frame=on_frame):
             self.streams_reset += 1
-            log.warning("blob: resetting stream from peer %s: %s", peer_id, exc)
-        except Exception as exc:  # noqa: BLE001 - StreamReset/StreamError & co: the stream is gone
-            log.debug("blob: stream from peer %s ended: %r", peer_id, exc)
-        await reset_quietly(stream)
 
     def _answer(self, req: BlobRequest) -> BlobResponse:
         if len(req.digest) != DIGEST_BYTES:

@@ -76,6 +76,7 @@ __all__ = [
     "encode_frame",
     "encode_header",
     "reset_quietly",
+    "serve_frames",
     "write_frame",
 ]
 
@@ -367,6 +368,30 @@ async def reset_quietly(stream: Any, *, timeout_s: float = 1.0) -> None:
             await stream.reset()
         except Exception:  # noqa: BLE001 - see the docstring
             log.debug("reset of an abandoned stream failed", exc_info=True)
+
+
+async def serve_frames(
+    stream: Any, peer_id: str, *, name: str, limit: int, on_frame: Callable[[bytes], Awaitable[None]]
+) -> bool:
+    """A request/answer server's loop on one stream: hand each frame (<= ``limit``) to
+    ``on_frame``, which writes its answer, until the peer ends the stream; then reset it.
+
+    A ``RemoteProtocolError`` (a malformed or over-limit frame, or a request ``on_frame``
+    refuses) is the peer's fault: one warning naming the peer, and True is returned.  Any other
+    failure (StreamReset & co) means the stream is gone: a debug line, False.
+    """
+    reader = FrameReader(stream, limit=limit)
+    reset = False
+    try:
+        while (frame := await reader.read_frame()) is not None:
+            await on_frame(frame)
+    except RemoteProtocolError as exc:
+        reset = True
+        log.warning("%s: resetting stream from peer %s: %s", name, peer_id, exc)
+    except Exception as exc:  # noqa: BLE001 - StreamReset/StreamError & co: the stream is gone
+        log.debug("%s: stream from peer %s ended: %r", name, peer_id, exc)
+    await reset_quietly(stream)
+    return reset
 
 
 # ------------------------------------------------------------------------- inbound streams

@@ -23,15 +23,14 @@ from typing import Any
 import trio
 from libp2p.custom_types import TProtocol
 
-from inos_node.errors import PeerError, RemoteProtocolError
+from inos_node.errors import PeerError
 from inos_node.net.delegation import open_protocol_stream
 from inos_node.net.framing import (
     Admit,
     CorrelatedClient,
-    FrameReader,
     InboundStreams,
     encode_frame,
-    reset_quietly,
+    serve_frames,
 )
 from inos_node.wire.ledger import (
     MAX_SYNC_BYTES,
@@ -82,21 +81,14 @@ class LedgerSyncServer:
         await self._inbound.run(self._host, PROTOCOL, self._serve, task_status=task_status)
 
     async def _serve(self, stream: Any, peer_id: str) -> None:
-        reader = FrameReader(stream, limit=_MAX_REQUEST_FRAME)
-        try:
-            while True:
-                frame = await reader.read_frame()
-                if frame is None:
-                    break
-                req = decode_sync_request(frame, max_bytes=_MAX_REQUEST_FRAME)
-                payload = encode_sync_response(self.answer(req, peer_id), max_bytes=MAX_SYNC_BYTES)
-                await stream.write(encode_frame(payload, limit=MAX_SYNC_BYTES))
-        except RemoteProtocolError as exc:
+        async def on_frame(frame: bytes) -> None:
+            req = decode_sync_request(frame, max_bytes=_MAX_REQUEST_FRAME)
+            payload = encode_sync_response(self.answer(req, peer_id), max_bytes=MAX_SYNC_BYTES)
+            await stream.write(encode_frame(payload, limit=MAX_SYNC_BYTES))
+
+        if await serve_frames(stream, peer_id, name="ledger-sync", limit=_MAX_REQUEST_FRAME,
+                              on_frame=on_frame):
             self.streams_reset += 1
-            log.warning("ledger-sync: resetting stream from peer %s: %s", peer_id, exc)
-        except Exception as exc:  # noqa: BLE001 - StreamReset & co: the stream is gone
-            log.debug("ledger-sync: stream from peer %s ended: %r", peer_id, exc)
-        await reset_quietly(stream)
 
     def answer(self, req: SyncHeads | SyncBlocks | SyncClaim, peer_id: str = "") -> SyncResponse:
         if isinstance(req, SyncClaim):

@@ -128,27 +128,24 @@ def encode_block(block: Block, *, max_bytes: int = MAX_BLOCK_BYTES) -> bytes:
     return wire
 
 
+def _at_most(observed: int, limit: int, what: str) -> None:
+    if observed > limit:
+        raise RemoteProtocolError(f"{observed} {what}: at most {limit}", limit=limit, observed=observed)
+
+
 def _read_body(r: Any) -> Block:
     t = _TYPES.get(r.type)
     if t is None:
         raise RemoteProtocolError(f"unknown block type {r.type}")
     payments = r.payments
-    if len(payments) > MAX_PAYMENTS:
-        raise RemoteProtocolError(f"a block has at most {MAX_PAYMENTS} payments, got {len(payments)}",
-                                  limit=MAX_PAYMENTS, observed=len(payments))
+    _at_most(len(payments), MAX_PAYMENTS, "payments in a block")
     evidence = r.evidence
-    if len(evidence) > MAX_EVIDENCE:
-        raise RemoteProtocolError(f"a block has at most {MAX_EVIDENCE} evidence items, got {len(evidence)}",
-                                  limit=MAX_EVIDENCE, observed=len(evidence))
+    _at_most(len(evidence), MAX_EVIDENCE, "evidence items in a block")
     ev = tuple(bytes(e) for e in evidence)
     for e in ev:
-        if len(e) > MAX_EVIDENCE_BYTES:
-            raise RemoteProtocolError(f"an evidence item of {len(e)} bytes is over {MAX_EVIDENCE_BYTES}",
-                                      limit=MAX_EVIDENCE_BYTES, observed=len(e))
+        _at_most(len(e), MAX_EVIDENCE_BYTES, "bytes in an evidence item")
     job = r.job
-    if len(job) > MAX_JOB_CHARS:
-        raise RemoteProtocolError(f"a job id of {len(job)} characters is over {MAX_JOB_CHARS}",
-                                  limit=MAX_JOB_CHARS, observed=len(job))
+    _at_most(len(job), MAX_JOB_CHARS, "characters in a job id")
     return Block(
         account=bytes(r.account),
         public_key=bytes(r.publicKey),
