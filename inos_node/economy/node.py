@@ -155,6 +155,10 @@ class LedgerNode:
         self.store = await trio.to_thread.run_sync(LedgerStore.open, self.path, self.genesis)
         try:
             self.ledger = await trio.to_thread.run_sync(self.store.replay, self.genesis)
+            # Our own store was replayed without re-checking signatures (it holds only blocks
+            # that were checked before they were stored); from here on every block comes from
+            # a peer, and each signature is verified.
+            self.ledger.verify_signatures = True
             log.info(
                 "ledger %s: %d blocks replayed, state %s",
                 self.genesis.name,

@@ -1,0 +1,77 @@
+"""A running LedgerNode (real SQLite store, its trio tasks) checks the signature of every block a
+peer hands it: by gossip, and with an escrow lock.  Its own store is replayed without
+re-checking; that must not switch the checks off for what arrives afterwards."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import trio
+
+from inos_node.economy.genesis import Genesis, create_genesis
+from inos_node.economy.ledger import Ledger, Outcome
+from inos_node.economy.model import BlockType, account_of_key
+from inos_node.economy.node import LedgerNode
+from inos_node.errors import LedgerError
+from inos_node.identity import Identity
+from inos_node.wire.ledger import encode_block
+
+ME, WORKER = Identity(b"\x01" * 32), Identity(b"\x02" * 32)
+
+
+def _forged(block):  # the same block, one bit of its signature flipped
+    sig = bytearray(block.signature)
+    sig[0] ^= 1
+    return dataclasses.replace(block, signature=bytes(sig))
+
+
+async def _wait_height(node: LedgerNode, account: bytes, height: int) -> None:
+    with trio.fail_after(10):
+        while node.ledger.height_of(account) < height:
+            await node.changed.wait()
+
+
+@pytest.mark.trio
+async def test_forged_blocks_from_peers_are_rejected_after_a_restart_too(tmp_path: Path) -> None:
+    doc, _ = create_genesis({ME.did: 1_000_000, WORKER.did: 1_000}, created_unix_ms=1)
+    genesis = Genesis.from_doc(doc)
+    mine = Ledger(genesis)  # the requester's side: builds and signs ME's blocks
+    me = account_of_key(ME.public_key)
+    transfer = mine.next_block(ME, BlockType.TRANSFER, amount=500_000, counterparty=WORKER.did, timestamp_ms=1)
+    assert mine.offer(transfer).outcome is Outcome.APPLIED
+    lock = mine.next_block(ME, BlockType.ESCROW_LOCK, amount=200, job="job-1",
+                           payments=[(account_of_key(WORKER.public_key), 100)], deadline_ms=2**40)
+    assert mine.offer(lock).outcome is Outcome.APPLIED
+
+    for attempt in range(2):  # a fresh data dir, then the same one reopened (replayed from SQLite)
+        node = LedgerNode(genesis, WORKER, tmp_path)
+        async with node.open(), trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            if attempt == 0:
+                # by gossip: the forged copy first, then the real block; once the real one is
+                # applied, the forged one has been dealt with (one inbox, in order)
+                node.on_message(b"B" + encode_block(_forged(transfer)), "peer-x")
+                node.on_message(b"B" + encode_block(transfer), "peer-x")
+                await _wait_height(node, me, 1)
+                assert node.stats["rejected"] == 1
+                assert node.balance(WORKER.did)["balance"] == 501_000
+                # with a request: a forged lock is refused, the real one opens the escrow
+                with pytest.raises(LedgerError, match="bad signature"):
+                    node.accept_escrow_now(encode_block(_forged(lock)), requester_key_account=me,
+                                           job="job-1", peer="peer-x")
+                assert node.ledger.height_of(me) == 1
+                escrow = node.accept_escrow_now(encode_block(lock), requester_key_account=me, job="job-1",
+                                                peer="peer-x")
+                assert escrow is not None and escrow["state"] == "open" and escrow["max_pay"] == 100
+                await node.flush()
+            else:
+                assert node.ledger.height_of(me) == 2, "the accepted blocks were stored"
+                assert node.ledger.verify_signatures
+                refund = mine.next_block(ME, BlockType.REFUND, job="job-1")
+                node.on_message(b"B" + encode_block(_forged(refund)), "peer-x")
+                node.on_message(b"B" + encode_block(refund), "peer-x")
+                await _wait_height(node, me, 3)
+                assert node.stats["rejected"] == 1
+            nursery.cancel_scope.cancel()
