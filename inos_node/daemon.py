@@ -618,7 +618,6 @@ class NodeDaemon:
         """Pay the workers of verified results (their receipt's cost at their price, capped by the
         escrow), the fee to the treasury, and refund the rest; returns what the job record shows."""
         from inos_node.mesh import price_units
-        from inos_node.wire.ledger import encode_receipt
 
         model = self._cost_model(req)
         payments, receipts = [], []
@@ -627,7 +626,7 @@ class NodeDaemon:
             units = price_units(model, int(rec.get("_cost_units") or 1))
             per_unit = cap // max(1, self._cost_units(req))
             payments.append((escrow.account[peer], min(cap, per_unit * units)))
-            receipts.append(encode_receipt(rec["_receipt"]))
+            receipts.append(self.economy.know_receipt(rec["_receipt"]))
         block = await self.economy.settle(job_id, payments, receipts)
         escrow.settled = True
         paid_total = sum(p for _, p in payments)

@@ -41,7 +41,7 @@ def sign_body(identity: Identity, body: ReceiptBody) -> Receipt:
     raw = encode_receipt_body(body)
     signature = identity.sign(raw)
     sigcache.remember_own(identity.public_key, raw, signature)  # our settle carrying it comes back
-    return Receipt(body=raw, signature=signature, public_key=identity.public_key)
+    return Receipt(body=raw, signature=signature, public_key=identity.public_key, checked=body)
 
 
 def open_receipt(receipt: Receipt, *, worker_peer_id: str | None = None) -> ReceiptBody:
@@ -60,6 +60,7 @@ def open_receipt(receipt: Receipt, *, worker_peer_id: str | None = None) -> Rece
             f"receipt signed by {signer} for worker {body.worker} (expected {worker_peer_id or body.worker}): "
             "signed by another key"
         )
+    object.__setattr__(receipt, "checked", body)  # see Receipt.checked: its signature verified
     return body
 
 

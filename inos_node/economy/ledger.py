@@ -40,7 +40,6 @@ are taken back; if it already spent them its balance goes negative (a debt, repo
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import struct
 from collections import OrderedDict
@@ -65,7 +64,6 @@ from inos_node.economy.model import (
     account_of_key,
     block_hash,
     did_of_account,
-    sign_block,
 )
 from inos_node.errors import BlockRejected, LedgerError, ProtocolError
 from inos_node.identity import verify
@@ -440,6 +438,16 @@ class Ledger:
             out.append(known)
         return out
 
+    def know_receipt(self, item: bytes, public_key: bytes, body: Any) -> None:
+        """Remember that the evidence item ``item`` (an encoded receipt) is ``body`` signed by
+        ``public_key``, as if ``_receipts`` had verified and decoded it.  Only for a receipt
+        whose signature is known good: made by this node, or verified by it (the shell passes
+        ``Receipt.checked``)."""
+        key = blake3.blake3(item).digest()
+        self._evidence[key] = (self._account_of(public_key), body)
+        if len(self._evidence) > _MAX_EVIDENCE_CACHE:
+            self._evidence.popitem(last=False)
+
     def _account_of(self, public_key: bytes) -> bytes:
         acct = self._keys.get(public_key)
         if acct is None:
@@ -703,7 +711,10 @@ class Ledger:
         if balance < 0 or actual < 0:
             reason = f"balance would be {min(balance, actual)}"
             raise BlockRejected(f"{type.name.lower()} refused: {reason}", reason=reason)
-        block = sign_block(dataclasses.replace(draft, balance=balance), identity.sign)
+        block = Block(account, identity.public_key, height + 1, draft.previous, type, draft.amount, cp, job,
+                      timestamp_ms, seen, balance, payments, deadline_ms, ref_height, evidence)
+        # A fresh object nobody else holds yet: sign it in place (its body leaves the signature out).
+        object.__setattr__(block, "signature", identity.sign(block_hash(block)))
         if len(block._body) > MAX_BLOCK_BYTES:
             raise BlockRejected("block over the size limit", reason="too large")
         if len(self._built) >= _MAX_BUILT:  # built but never offered: forget the oldest

@@ -17,7 +17,6 @@ hash and so the old signature).
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,7 +132,7 @@ def _attach(block: Block, body: bytes, digest: bytes) -> Block:
 def sign_block(block: Block, sign: Any) -> Block:
     """A copy of ``block`` signed by ``sign(message) -> signature`` (e.g. ``Identity.sign``)."""
     digest = block_hash(block)  # the body leaves the signature out: any copy of the fields will do
-    signed = dataclasses.replace(block, signature=sign(digest))  # a new object: empty caches
+    signed = Block(*[getattr(block, f) for f in _INIT_FIELDS[:-1]], sign(digest))  # a new object: empty caches
     return _attach(signed, block._body, digest)
 
 

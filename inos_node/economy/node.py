@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 _BLOCK, _PROOF, _BATCH = b"B", b"P", b"M"
 _BATCH_WINDOW_S = 0.1  # own blocks made within this window go out in one gossip message
 _BATCH_MAX = 64
-_PERSIST_DELAY_S = 0.005  # peers' blocks wait this long to be stored together (see _persister)
+_PERSIST_DELAY_S = 0.05  # peers' blocks wait this long to be stored together (see _persister)
 _PERSIST_BATCH = 256
 
 
@@ -446,17 +446,27 @@ class LedgerNode:
 
         return SyncSource(heads=heads, blocks=blocks, proofs=proofs, claim=self._on_claim)
 
+    def know_receipt(self, receipt: Any) -> bytes:
+        """The evidence bytes of ``receipt`` (what a settle carries).  When its signature is
+        known good (``Receipt.checked``: we signed it, or verified it), the ledger is told its
+        body too, so checking the settle that carries it decodes nothing again."""
+        from inos_node.wire.ledger import encode_receipt
+
+        item = encode_receipt(receipt)
+        if receipt.checked is not None:
+            self.ledger.know_receipt(item, receipt.public_key, receipt.checked)
+        return item
+
     # ------------------------------------------------------------------ claims
     def expect_payment(self, requester: str, job: str, receipt: Any, deadline_ms: int) -> None:
         """Worker side: remember a receipt we signed for ``requester``'s escrow of ``job``."""
         from inos_node.net.host import public_key_of_peer_id
-        from inos_node.wire.ledger import encode_receipt
 
         try:
             account = account_of_key(public_key_of_peer_id(requester))
         except RemoteProtocolError:
             return
-        self._owed_to_me[job] = (requester, account, encode_receipt(receipt), deadline_ms)
+        self._owed_to_me[job] = (requester, account, self.know_receipt(receipt), deadline_ms)
         while len(self._owed_to_me) > 4096:
             self._owed_to_me.popitem(last=False)
 

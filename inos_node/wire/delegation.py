@@ -115,6 +115,9 @@ class Receipt:
     body: bytes  # the canonical bytes of a ReceiptBody message (what the signature covers)
     signature: bytes
     public_key: bytes
+    # The decoded ``body``, set only once the signature is known good: made by this process
+    # (``receipts.sign_body``) or verified here (``receipts.open_receipt``).  Not on the wire.
+    checked: ReceiptBody | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
