@@ -15,6 +15,7 @@ is accepted, failed executors are retried on the next candidate within the job's
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -351,10 +352,11 @@ class NodeDaemon:
                 prefer=req.prefer or self.config.prefer, replicas=req.replicas, budget=req.budget,
                 served_locally=served, local_load=self._local_load(), exclude=frozenset(excluded),
             )
-            plan = decider.decide(task, self.net.peer_views(req.capsule))
+            views = self.net.peer_views(req.capsule)
+            plan = decider.decide(task, views)
             self.book.update(job_id, status="running", executor=",".join(plan.executors))
             if escrow is not None and not escrow.block and any(t != decider.LOCAL for t in plan.executors):
-                await self._open_escrow(job_id, req, deadline, escrow, plan)
+                await self._open_escrow(job_id, req, deadline, escrow, plan, views)
             left_ms = max(1, int((deadline - trio.current_time()) * 1000))
             if req.replicas > 1:
                 await self._run_replicas(job_id, req, plan, left_ms, escrow)
@@ -574,26 +576,25 @@ class NodeDaemon:
 
     # ------------------------------------------------------------------ escrow
     async def _open_escrow(self, job_id: str, req: SubmitRequest, deadline: float, escrow: _Escrow,
-                           plan: decider.Plan) -> None:
+                           plan: decider.Plan, peer_views: list[decider.PeerView]) -> None:
         """Lock the job's price in escrow before any capsule leaves, payable to the candidate peers
         (the plan's executors, then its fallbacks: ``replicas`` + 2 of them, for a retry or a
         tie-breaker), each up to its advertised price x the job's billable units, plus the
         protocol fee on all of it (the ledger insists: a settle can always pay every named
         worker).  What is not paid out is refunded when the job settles."""
-        from inos_node.economy.model import MAX_PAYMENTS, account_of_key
+        from inos_node.economy.model import MAX_PAYMENTS
         from inos_node.errors import BlockRejected, BudgetExceeded
-        from inos_node.net.host import public_key_of_peer_id
         from inos_node.wire.ledger import encode_block
 
         units = self._cost_units(req)
-        views = {v.peer_id: v for v in self.net.peer_views(req.capsule)}
+        views = {v.peer_id: v for v in peer_views}  # what the plan was made from
         order = [t for t in (*plan.executors, *plan.fallbacks) if t != decider.LOCAL]
         order += [p for p in sorted(views) if p not in order]
         workers: list[tuple[bytes, int]] = []
         for peer in order[:min(MAX_PAYMENTS, req.replicas + 2)]:
             price = views[peer].price_per_unit if peer in views else 1
             escrow.max_pay[peer] = price * units
-            escrow.account[peer] = account_of_key(public_key_of_peer_id(peer))
+            escrow.account[peer] = _account_of_peer(peer)
             workers.append((escrow.account[peer], escrow.max_pay[peer]))
         amount = self.economy.lock_amount([m for _, m in workers])
         if req.budget and amount > req.budget:
@@ -678,6 +679,15 @@ class _Escrow:
     settled: bool = False
     max_pay: dict[str, int] = field(default_factory=dict)  # peer id -> max pay
     account: dict[str, bytes] = field(default_factory=dict)  # peer id -> account id
+
+
+@functools.lru_cache(maxsize=4096)
+def _account_of_peer(peer_id: str) -> bytes:
+    """The ledger account of a peer's key (its id is derived from the key, so this never changes)."""
+    from inos_node.economy.model import account_of_key
+    from inos_node.net.host import public_key_of_peer_id
+
+    return account_of_key(public_key_of_peer_id(peer_id))
 
 
 def _public(rec: dict[str, Any]) -> dict[str, Any]:
