@@ -36,6 +36,7 @@ Credits are never lost: until the requester's node settles or refunds, the escro
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import OrderedDict
@@ -48,6 +49,7 @@ import blake3
 import trio
 
 from inos_node.economy.genesis import Genesis
+from inos_node.economy.journal import JOURNAL_NAME, OwnJournal
 from inos_node.economy.ledger import Ledger, Offer, Outcome, lock_required, settle_fee
 from inos_node.economy.model import Block, BlockType, account_of_key, did_of_account
 from inos_node.economy.store import LedgerStore
@@ -63,6 +65,8 @@ _BATCH_WINDOW_S = 0.1  # own blocks made within this window go out in one gossip
 _BATCH_MAX = 64
 _PERSIST_DELAY_S = 0.05  # peers' blocks wait this long to be stored together (see _persister)
 _PERSIST_BATCH = 256
+_OWN_DELAY_S = 0.02  # our journaled blocks wait this long to be committed to SQLite together
+_JOURNAL_MAX = 4096  # records; past this, commit() waits for the store to catch up
 
 
 def encode_batch(items: list[bytes]) -> bytes:
@@ -144,6 +148,14 @@ class LedgerNode:
             "claims_settled": 0,
         }
         self._nursery: trio.Nursery | None = None
+        self._journal: OwnJournal | None = None
+        self._own_send: trio.MemorySendChannel[None] | None = None  # set by run()
+        self._own_recv: trio.MemoryReceiveChannel[None] | None = None
+        self._own_batch: list[Block] = []  # our blocks journaled, waiting for _own_persister
+        self._own_pending = 0  # our blocks journaled, their SQLite commit not done yet
+        self._own_stored = trio.Event()
+        self._own_stored.set()
+        self._own_failed = False
         self._owed_to_me: OrderedDict[str, tuple[str, bytes, bytes, int]] = OrderedDict()  # job -> claim
         self._peer_holds: OrderedDict[str, int] = OrderedDict()  # peer id -> height of ours it holds
         self._claiming: set[str] = set()
@@ -159,6 +171,9 @@ class LedgerNode:
             # that were checked before they were stored); from here on every block comes from
             # a peer, and each signature is verified.
             self.ledger.verify_signatures = True
+            if self.store.synchronous == "normal":  # as durable as a commit: see OwnJournal
+                self._journal = OwnJournal(self.path.with_name(JOURNAL_NAME))
+                await self._recover_journal()
             log.info(
                 "ledger %s: %d blocks replayed, state %s",
                 self.genesis.name,
@@ -167,7 +182,32 @@ class LedgerNode:
             )
             yield self
         finally:
-            await self.store.aclose()
+            await self.store.aclose()  # commits every queued write first
+            if self._journal is not None:
+                if not (self._own_failed or self._own_pending):  # else: the next start sorts it out
+                    self._journal.reset()
+                self._journal.close()
+
+    async def _recover_journal(self) -> None:
+        """Store the own blocks a crash left in the journal only (see OwnJournal), then empty it."""
+        assert self._journal is not None
+        recovered = 0
+        for raw in self._journal.recover():
+            try:
+                block = decode_block(raw)
+            except RemoteProtocolError as exc:
+                log.error("ledger journal: an unreadable record (%s); skipped", exc)
+                continue
+            offer = self.ledger.offer(block)
+            if offer.outcome is Outcome.APPLIED:
+                await self.store.append(block)
+                recovered += 1
+            elif offer.outcome is not Outcome.DUPLICATE:
+                log.error("ledger journal: block at height %d not applied: %s", block.height,
+                          offer.reason or offer.outcome.value)
+        if recovered:
+            log.warning("ledger: %d own block(s) recovered from the journal", recovered)
+        self._journal.reset()
 
     def attach(
         self, gossip: Any, sync_client: Any, peers: Callable[[], list[str]], self_peer: str = ""
@@ -176,15 +216,21 @@ class LedgerNode:
         self._self_peer = self_peer
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as n:
-            self._nursery = n
-            n.start_soon(self._claimer)
-            n.start_soon(self._consume)
-            n.start_soon(self._persister)
-            n.start_soon(self._publisher)
-            n.start_soon(self._syncer)
-            n.start_soon(self._sync_periodically)
-            task_status.started()
+        own_send, self._own_recv = trio.open_memory_channel[None](math.inf)
+        try:
+            async with trio.open_nursery() as n:
+                self._nursery = n
+                n.start_soon(self._claimer)
+                n.start_soon(self._consume)
+                n.start_soon(self._persister)
+                n.start_soon(self._own_persister)
+                n.start_soon(self._publisher)
+                n.start_soon(self._syncer)
+                n.start_soon(self._sync_periodically)
+                self._own_send = own_send  # our blocks may skip the wait for SQLite from now on
+                task_status.started()
+        finally:
+            self._own_send = None  # no keeper any more: commit() waits for the store again
 
     # ------------------------------------------------------------------ gossip topic
     def validate(self, data: bytes) -> bool:
@@ -254,6 +300,7 @@ class LedgerNode:
     async def flush(self) -> None:
         """Wait until every block applied so far is in the store (``verify`` reads the store)."""
         await self._drained.wait()
+        await self._own_stored.wait()
 
     async def _take(self, offer: Offer, peer: str, *, durable: bool = False) -> None:
         """Persist what an offer applied (now, or in the background when not ``durable``);
@@ -554,12 +601,52 @@ class LedgerNode:
             raise BlockRejected(
                 f"{type_.name.lower()} refused: {offer.reason or offer.outcome.value}", reason=offer.reason
             )
-        # no checkpoint between the offer and the enqueue inside append: store order = apply order
-        await self.store.append(block)
+        # no checkpoint between the offer and the enqueue: store order = apply order
+        await self._persist_own(block)
         self.stats["applied"] += len(offer.applied)
         self._changed()
         self._queue_publish(_BLOCK + encode_block(block))
         return block
+
+    async def _persist_own(self, block: Block) -> None:
+        """Make our new block survive a crash before anyone can see it: journal it (one write);
+        ``_own_persister`` commits it to SQLite a little later, off the request path, with
+        whatever else came meanwhile.  Without a running persister, commit it here and wait."""
+        if self._own_send is None or self._journal is None:
+            await self.store.append(block)
+            return
+        if self._journal.appended >= _JOURNAL_MAX:  # the disk is behind: wait for it (backpressure)
+            await self._own_stored.wait()
+        self._journal.append(encode_block(block))
+        if not self._own_pending:
+            self._own_stored = trio.Event()
+            self._own_send.send_nowait(None)  # wake the persister (one wake-up per batch)
+        self._own_pending += 1
+        self._own_batch.append(block)
+
+    async def _own_persister(self) -> None:
+        """Commit our journaled blocks to SQLite, ``_OWN_DELAY_S`` after the first of a batch
+        (a paid job makes two, a busy requester many: one transaction for all of them, in the
+        time the node spends waiting for its workers).  Once all are stored the journal is
+        emptied; a failed commit keeps it (the next start stores what it holds)."""
+        assert self._own_recv is not None
+        async for _ in self._own_recv:
+            await trio.sleep(_OWN_DELAY_S)
+            batch, self._own_batch = self._own_batch, []
+            try:
+                await self.store.append_many(batch)
+            except LedgerError as exc:
+                self._own_failed = True
+                log.error("ledger: storing %d of our blocks failed (they stay in the journal): %s",
+                          len(batch), exc)
+            self._own_pending -= len(batch)
+            if self._own_pending:
+                if self._own_send is not None:
+                    self._own_send.send_nowait(None)  # more came during the commit: another round
+            else:
+                if not self._own_failed and self._journal is not None:
+                    self._journal.reset()
+                self._own_stored.set()
 
     async def transfer(self, to: str | bytes, amount: int) -> Block:
         return await self.commit(BlockType.TRANSFER, amount=amount, counterparty=to)
