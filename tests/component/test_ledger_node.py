@@ -75,3 +75,39 @@ async def test_forged_blocks_from_peers_are_rejected_after_a_restart_too(tmp_pat
                 await _wait_height(node, me, 3)
                 assert node.stats["rejected"] == 1
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_an_escrow_with_earlier_blocks_checks_every_signature(tmp_path: Path) -> None:
+    """The blocks sent before a lock are checked like the lock: a forged one among them is
+    refused, and says why; the real ones are taken."""
+    doc, _ = create_genesis({ME.did: 1_000_000, WORKER.did: 1_000}, created_unix_ms=1)
+    genesis = Genesis.from_doc(doc)
+    mine = Ledger(genesis)
+    me = account_of_key(ME.public_key)
+    transfer = mine.next_block(ME, BlockType.TRANSFER, amount=10, counterparty=WORKER.did, timestamp_ms=1)
+    assert mine.offer(transfer).outcome is Outcome.APPLIED
+    lock = mine.next_block(ME, BlockType.ESCROW_LOCK, amount=200, job="job-1",
+                           payments=[(account_of_key(WORKER.public_key), 100)], deadline_ms=2**40)
+    assert mine.offer(lock).outcome is Outcome.APPLIED
+
+    def accept(node: LedgerNode, lock_block, prior):
+        return node.accept_escrow_now(encode_block(lock_block), requester_key_account=me, job="job-1",
+                                      peer="peer-x", chain=(encode_block(prior),))
+
+    for case in ("forged earlier block", "forged lock", "both real"):
+        node = LedgerNode(genesis, WORKER, tmp_path / case.replace(" ", "-"))  # a fresh worker each time
+        async with node.open(), trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            if case == "forged earlier block":  # refused, so the lock waits for the real one (None: fetch it)
+                assert accept(node, lock, _forged(transfer)) is None
+                assert node.stats["rejected"] == 1 and node.ledger.height_of(me) == 0
+            elif case == "forged lock":  # the earlier block is taken, the lock refused
+                with pytest.raises(LedgerError, match="bad signature"):
+                    accept(node, _forged(lock), transfer)
+                assert node.ledger.height_of(me) == 1
+            else:
+                escrow = accept(node, lock, transfer)
+                assert escrow is not None and escrow["state"] == "open"
+                assert node.ledger.height_of(me) == 2
+            nursery.cancel_scope.cancel()
