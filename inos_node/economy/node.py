@@ -173,7 +173,11 @@ class LedgerNode:
             self.ledger.verify_signatures = True
             if self.store.synchronous == "normal":  # as durable as a commit: see OwnJournal
                 self._journal = OwnJournal(self.path.with_name(JOURNAL_NAME))
-                await self._recover_journal()
+                try:
+                    await self._recover_journal()
+                except BaseException:
+                    self._own_failed = True  # keep the journal for the next start
+                    raise
             log.info(
                 "ledger %s: %d blocks replayed, state %s",
                 self.genesis.name,
@@ -182,7 +186,9 @@ class LedgerNode:
             )
             yield self
         finally:
-            await self.store.aclose()  # commits every queued write first
+            with trio.CancelScope(shield=True):  # a clean stop leaves nothing to the journal
+                await self._store_own_batch()
+                await self.store.aclose()  # commits every queued write first
             if self._journal is not None:
                 if not (self._own_failed or self._own_pending):  # else: the next start sorts it out
                     self._journal.reset()
@@ -196,18 +202,22 @@ class LedgerNode:
             try:
                 block = decode_block(raw)
             except RemoteProtocolError as exc:
-                log.error("ledger journal: an unreadable record (%s); skipped", exc)
+                self._own_failed = True
+                log.error("ledger journal %s: an unreadable record (%s); the journal is kept",
+                          self._journal.path, exc)
                 continue
             offer = self.ledger.offer(block)
             if offer.outcome is Outcome.APPLIED:
                 await self.store.append(block)
                 recovered += 1
             elif offer.outcome is not Outcome.DUPLICATE:
-                log.error("ledger journal: block at height %d not applied: %s", block.height,
-                          offer.reason or offer.outcome.value)
+                self._own_failed = True
+                log.error("ledger journal %s: our block at height %d does not apply (%s); the journal "
+                          "is kept", self._journal.path, block.height, offer.reason or offer.outcome.value)
         if recovered:
             log.warning("ledger: %d own block(s) recovered from the journal", recovered)
-        self._journal.reset()
+        if not self._own_failed:
+            self._journal.reset()
 
     def attach(
         self, gossip: Any, sync_client: Any, peers: Callable[[], list[str]], self_peer: str = ""
@@ -632,7 +642,15 @@ class LedgerNode:
         assert self._own_recv is not None
         async for _ in self._own_recv:
             await trio.sleep(_OWN_DELAY_S)
-            batch, self._own_batch = self._own_batch, []
+            await self._store_own_batch()
+            if self._own_pending and self._own_send is not None:
+                self._own_send.send_nowait(None)  # more came during the commit: another round
+
+    async def _store_own_batch(self) -> None:
+        """Commit the journaled blocks waiting in ``_own_batch``; empty the journal when none is
+        left pending (and no commit ever failed)."""
+        batch, self._own_batch = self._own_batch, []
+        if batch:
             try:
                 await self.store.append_many(batch)
             except LedgerError as exc:
@@ -640,13 +658,10 @@ class LedgerNode:
                 log.error("ledger: storing %d of our blocks failed (they stay in the journal): %s",
                           len(batch), exc)
             self._own_pending -= len(batch)
-            if self._own_pending:
-                if self._own_send is not None:
-                    self._own_send.send_nowait(None)  # more came during the commit: another round
-            else:
-                if not self._own_failed and self._journal is not None:
-                    self._journal.reset()
-                self._own_stored.set()
+        if not self._own_pending:
+            if not self._own_failed and self._journal is not None:
+                self._journal.reset()
+            self._own_stored.set()
 
     async def transfer(self, to: str | bytes, amount: int) -> Block:
         return await self.commit(BlockType.TRANSFER, amount=amount, counterparty=to)

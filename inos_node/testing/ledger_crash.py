@@ -11,6 +11,11 @@ runs until killed, or until ``--max-blocks`` have been written.
 
 Transfers credit the next account, whose own next block declares the credits it has seen:
 blocks depend on each other across accounts, which is what makes commit order matter.
+
+With ``--node`` it is a running ``LedgerNode`` instead (the first seed's account; its blocks are
+journaled, then committed to SQLite in batches): ``durable`` is printed when ``commit`` returns,
+which is when the block may leave the node.  Its ``ready`` line comes after the journal's
+recovery.
 """
 
 from __future__ import annotations
@@ -29,7 +34,29 @@ from inos_node.identity import Identity
 __all__ = ["main"]
 
 
+async def _run_node(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from inos_node.economy.node import LedgerNode
+
+    genesis = Genesis.load(args.genesis)
+    identities = [Identity(bytes.fromhex(seed)) for seed in args.seed]
+    node = LedgerNode(genesis, identities[0], Path(args.data_dir))
+    async with node.open(), trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        _say({"event": "ready", "blocks": node.ledger.block_count, "state_hash": node.ledger.state_hash().hex()})
+        to = account_of_key(identities[1 % len(identities)].public_key)
+        for _ in range(args.max_blocks):
+            block = await node.transfer(to, 1)
+            sys.stdout.write(f"durable {block_hash(block).hex()}\n")
+            sys.stdout.flush()
+        nursery.cancel_scope.cancel()
+
+
 async def _run(args: argparse.Namespace) -> None:
+    if args.node:
+        await _run_node(args)
+        return
     genesis = Genesis.load(args.genesis)
     identities = [Identity(bytes.fromhex(seed)) for seed in args.seed]
     store = LedgerStore.open(args.data_dir, genesis, synchronous=args.synchronous)
@@ -71,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", action="append", required=True, help="a 32-byte Ed25519 seed in hex (repeat)")
     p.add_argument("--synchronous", default="normal", choices=("normal", "full"))
     p.add_argument("--max-blocks", type=int, default=10**9, help="stop after this many blocks")
+    p.add_argument("--node", action="store_true", help="write through a running LedgerNode (its journal)")
     trio.run(_run, p.parse_args(argv))
 
 

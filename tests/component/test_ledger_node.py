@@ -111,3 +111,50 @@ async def test_an_escrow_with_earlier_blocks_checks_every_signature(tmp_path: Pa
                 assert escrow is not None and escrow["state"] == "open"
                 assert node.ledger.height_of(me) == 2
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_own_blocks_left_in_the_journal_are_stored_on_the_next_start(tmp_path: Path) -> None:
+    """A crash after a block was journaled (so it may have left the node) but before its SQLite
+    commit: the next start applies and stores it, so the node never signs that height again."""
+    from inos_node.economy.journal import JOURNAL_NAME, OwnJournal
+
+    doc, _ = create_genesis({ME.did: 1_000_000, WORKER.did: 1_000}, created_unix_ms=1)
+    genesis = Genesis.from_doc(doc)
+    node = LedgerNode(genesis, ME, tmp_path)
+    async with node.open(), trio.open_nursery() as nursery:  # one block stored the normal way
+        await nursery.start(node.run)
+        first = await node.transfer(WORKER.did, 5)
+        await node.flush()
+        nursery.cancel_scope.cancel()
+    assert OwnJournal(tmp_path / JOURNAL_NAME).recover() == [], "emptied once stored"
+
+    # the crash: two more blocks of ours journaled, never committed to SQLite
+    mine = Ledger(genesis)
+    assert mine.offer(first).outcome is Outcome.APPLIED
+    lost = []
+    for amount in (6, 7):
+        block = mine.next_block(ME, BlockType.TRANSFER, amount=amount, counterparty=WORKER.did, timestamp_ms=2)
+        assert mine.offer(block).outcome is Outcome.APPLIED
+        lost.append(block)
+    journal = OwnJournal(tmp_path / JOURNAL_NAME)
+    for raw in (encode_block(first), *(encode_block(b) for b in lost)):  # the stored one may be there too
+        journal.append(raw)
+    journal.close()
+
+    node = LedgerNode(genesis, ME, tmp_path)
+    async with node.open(), trio.open_nursery() as nursery:
+        me = account_of_key(ME.public_key)
+        assert node.ledger.height_of(me) == 3
+        assert node.balance(WORKER.did)["balance"] == 1_000 + 5 + 6 + 7
+        assert OwnJournal(tmp_path / JOURNAL_NAME).recover() == []
+        await nursery.start(node.run)
+        nxt = await node.transfer(WORKER.did, 1)  # the next height, not a second block at 2 or 3
+        assert nxt.height == 4
+        nursery.cancel_scope.cancel()
+    again = await trio.to_thread.run_sync(lambda: __import__("inos_node.economy.store", fromlist=["x"])
+                                          .LedgerStore.open(tmp_path / "ledger.sqlite3", genesis))
+    try:
+        assert again.replay(genesis).height_of(me) == 4, "all four are in SQLite"
+    finally:
+        again.close()
