@@ -1,16 +1,18 @@
 """The ledger in a running node: the trio shell around the pure ``Ledger`` and its SQLite store.
 
-    own block:   next_block ─► offer (applied in memory) ─► store append (group commit, durable)
-                 ─► gossip publish                       (nothing is published before it is durable:
-                                                          a node that crashes never re-signs a height)
+    own block:   next_block ─► offer (applied in memory) ─► journal (one write: durable) ─► returned,
+                 sent, gossip publish                    (nothing leaves before it is durable: a node
+                                                          that crashes never re-signs a height)
+                 ... 20 ms later, with the others made meanwhile: store append (one transaction),
+                 then the journal is emptied; a start stores what the journal still holds
     peer block:  gossip ─► inbox (bounded) ─► offer ─► applied: store append
                                                    ├─ held: fetch the gap over /inos/ledger-sync
                                                    └─ equivocation: store + gossip the proof
     late join:   on every verified peer, and every ``sync_interval_s`` with one peer: compare
                  heads, fetch what is missing (and the peer's equivocation proofs)
 
-Between ``next_block`` and the store's enqueue there is no checkpoint, so concurrent tasks append
-their own blocks in the order the ledger applied them, and group commit still batches them.
+Between ``next_block`` and the journal's append there is no checkpoint, so concurrent tasks
+journal their own blocks in the order the ledger applied them (the store takes any order).
 
 Escrow flows for the daemon (requester side): ``lock`` before a capsule leaves, ``settle`` on a
 verified receipt, ``refund`` when the job fails; the pending settlement is recorded in the same
@@ -600,7 +602,8 @@ class LedgerNode:
     async def commit(
         self, type_: BlockType, **fields: Any
     ) -> Block:
-        """Sign, apply, persist (durably) and publish this node's next block.
+        """Sign, apply, persist (durably: journaled, see ``_persist_own``) and publish this node's
+        next block.
 
         Raises:
             BlockRejected: the ledger refuses it (the reason says why: balance, frozen, ...).
