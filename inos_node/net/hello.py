@@ -115,6 +115,7 @@ class HelloGate:
         encode_hello(Hello(network_id, self._local, self._local, bytes(16), PROTOCOL_VERSION, name))
         self._peers: dict[str, _PeerState] = {}
         self._gating: set[str] = set()
+        self._again: set[str] = set()  # reconnected while their last gate was still finishing
         # Bound: one queued id per connection not yet picked up by the gate loop.
         self._send, self._recv = trio.open_memory_channel[str](max_pending)
         self._max_pending = max_pending
@@ -166,6 +167,7 @@ class HelloGate:
                 task_status.started()
                 async for peer_id in self._recv:
                     if peer_id in self._gating:
+                        self._again.add(peer_id)  # gated again once the running gate ends
                         continue
                     self._gating.add(peer_id)
                     nursery.start_soon(self._gate, peer_id)
@@ -213,9 +215,10 @@ class HelloGate:
             st = self._state(peer_id)
             with trio.move_on_after(self._timeout_s):
                 async with trio.open_nursery() as nursery:
+                    # Ours goes out on every connection, even when theirs came first: the peer's
+                    # gate waits for it.  The nursery ends when both are done (or at the timeout).
                     nursery.start_soon(self._send_hello, peer_id, st)
                     await st.done.wait()
-                    nursery.cancel_scope.cancel()
             if self._peers.get(peer_id) is not st:
                 # The connection closed meanwhile (the peer may have rejected us first); a new
                 # connection gets its own gate.  Unverified, it counts as rejected.
@@ -235,6 +238,9 @@ class HelloGate:
             await self._call(self._on_rejected, peer_id)
         finally:
             self._gating.discard(peer_id)
+            if peer_id in self._again:  # a new connection came while this gate ran: gate it too
+                self._again.discard(peer_id)
+                self._queue_peer(peer_id)
 
     async def _send_hello(self, peer_id: str, st: _PeerState) -> None:
         hello = encode_hello(

@@ -177,3 +177,66 @@ async def _swallow(stream: Any) -> None:
         await stream.read(100)
     except Exception:  # noqa: BLE001 - reset when the peer drops us
         pass
+
+
+async def test_a_peer_reconnected_while_its_last_gate_is_finishing_is_gated_again():
+    """A new connection that arrives while the gate of the last one is still running (here: its
+    on_verified callback is slow, as a node's is) gets a gate of its own: we send our hello on
+    it, so the peer verifies us, and nobody is rejected."""
+    from inos_node.net.host import ConnectionEvents, disconnect
+
+    release, entered = trio.Event(), trio.Event()
+    calls = []
+
+    async def slow_verified(peer_id: str) -> None:
+        calls.append(peer_id)
+        if len(calls) == 1:
+            entered.set()
+            await release.wait()
+
+    identity = Identity(os.urandom(32))
+    async with open_host(identity, HostConfig()) as host, trio.open_nursery() as nursery, \
+            open_node(NET, timeout_s=3.0) as b:
+        gate = HelloGate(host, identity, NET, timeout_s=3.0, on_verified=slow_verified)
+        await nursery.start(gate.run)
+        me = str(host.get_id().to_base58())
+        address = addresses(b.host)[0]
+        await connect(host, address)
+        with trio.fail_after(2):
+            await entered.wait()  # our gate for the first connection is in its callback
+            await b.gate.wait_verified(me)
+        gone = trio.Event()
+        b.host.get_network().register_notifee(ConnectionEvents(on_disconnected=lambda p: gone.set()))
+        await disconnect(host, b.peer_id)
+        with trio.fail_after(2):
+            await gone.wait()  # the peer saw the first connection go
+        await connect(host, address)  # the second connection, while the first gate still runs
+        release.set()
+        with trio.fail_after(2):  # under the gates' timeout: a hello never sent would show here
+            await b.gate.wait_verified(me)
+            await gate.wait_verified(b.peer_id)
+        assert b.rejected == []
+        assert _connected(host, b.peer_id)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_reconnected_at_once_is_verified_on_every_connection():
+    """Disconnect and dial again at once, ten times: each new connection is gated (also one that
+    arrives while the last one's gate is still finishing) and verified on both sides, well
+    within the gate's timeout; nobody is rejected."""
+    from inos_node.net.host import disconnect
+
+    async with open_node(NET, timeout_s=3.0) as a, open_node(NET, timeout_s=3.0) as b:
+        address = addresses(b.host)[0]
+        for _ in range(10):
+            await connect(a.host, address)
+            with trio.fail_after(2):  # less than the timeout: a missed hello would show as a hang
+                await a.gate.wait_verified(b.peer_id)
+                await b.gate.wait_verified(a.peer_id)
+            await disconnect(a.host, b.peer_id)
+        await connect(a.host, address)
+        with trio.fail_after(2):
+            await a.gate.wait_verified(b.peer_id)
+            await b.gate.wait_verified(a.peer_id)
+        assert a.rejected == [] and b.rejected == []
+        assert _connected(a.host, b.peer_id)
