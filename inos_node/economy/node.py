@@ -53,7 +53,7 @@ import trio
 from inos_node.economy.genesis import Genesis
 from inos_node.economy.journal import JOURNAL_NAME, OwnJournal
 from inos_node.economy.ledger import Ledger, Offer, Outcome, lock_required, settle_fee
-from inos_node.economy.model import Block, BlockType, account_of_key, did_of_account
+from inos_node.economy.model import Block, BlockType, account_of_key, block_hash, did_of_account
 from inos_node.economy.store import LedgerStore
 from inos_node.errors import BlockRejected, LedgerError, PeerError, RemoteProtocolError
 from inos_node.wire.ledger import decode_block, decode_proof, encode_block, encode_proof
@@ -200,6 +200,7 @@ class LedgerNode:
         """Store the own blocks a crash left in the journal only (see OwnJournal), then empty it."""
         assert self._journal is not None
         recovered = 0
+        journaled: list[Block] = []
         for raw in self._journal.recover():
             try:
                 block = decode_block(raw)
@@ -208,14 +209,16 @@ class LedgerNode:
                 log.error("ledger journal %s: an unreadable record (%s); the journal is kept",
                           self._journal.path, exc)
                 continue
-            offer = self.ledger.offer(block)
-            if offer.outcome is Outcome.APPLIED:
-                await self.store.append(block)
-                recovered += 1
-            elif offer.outcome is not Outcome.DUPLICATE:
+            journaled.append(block)
+            offer = self.ledger.offer(block)  # (out of order, one is held until the one before it comes)
+            if offer.applied:
+                await self.store.append_many(offer.applied)
+                recovered += len(offer.applied)
+        for block in journaled:
+            if self._hash_at(block.account, block.height) != block_hash(block):
                 self._own_failed = True
-                log.error("ledger journal %s: our block at height %d does not apply (%s); the journal "
-                          "is kept", self._journal.path, block.height, offer.reason or offer.outcome.value)
+                log.error("ledger journal %s: our block at height %d does not apply; the journal is kept",
+                          self._journal.path, block.height)
         if recovered:
             log.warning("ledger: %d own block(s) recovered from the journal", recovered)
         if not self._own_failed:
@@ -486,8 +489,6 @@ class LedgerNode:
                 await self.sync_with(random.choice(peers))
 
     def _hash_at(self, account: bytes, height: int) -> bytes:
-        from inos_node.economy.model import block_hash
-
         blocks = self.ledger.blocks_from(account, height, 1)
         return block_hash(blocks[0]) if blocks else b""
 
