@@ -158,3 +158,31 @@ async def test_own_blocks_left_in_the_journal_are_stored_on_the_next_start(tmp_p
         assert again.replay(genesis).height_of(me) == 4, "all four are in SQLite"
     finally:
         again.close()
+
+
+@pytest.mark.trio
+async def test_journal_records_out_of_order_are_all_recovered(tmp_path: Path) -> None:
+    """Two tasks committing at once may journal in the other order (one waited for room): the
+    start applies both anyway, the later one once the earlier one is in, and stores both."""
+    from inos_node.economy.journal import JOURNAL_NAME, OwnJournal
+    from inos_node.economy.store import LedgerStore
+
+    doc, _ = create_genesis({ME.did: 1_000_000, WORKER.did: 1_000}, created_unix_ms=1)
+    genesis = Genesis.from_doc(doc)
+    mine = Ledger(genesis)
+    blocks = []
+    for amount in (1, 2, 3):
+        block = mine.next_block(ME, BlockType.TRANSFER, amount=amount, counterparty=WORKER.did, timestamp_ms=1)
+        assert mine.offer(block).outcome is Outcome.APPLIED
+        blocks.append(block)
+    journal = OwnJournal(tmp_path / JOURNAL_NAME)
+    for block in (blocks[0], blocks[2], blocks[1]):
+        journal.append(encode_block(block))
+    journal.close()
+
+    node = LedgerNode(genesis, ME, tmp_path)
+    async with node.open():
+        assert node.ledger.height_of(account_of_key(ME.public_key)) == 3
+    assert OwnJournal(tmp_path / JOURNAL_NAME).recover() == [], "all applied: emptied"
+    with LedgerStore.open(tmp_path / "ledger.sqlite3", genesis) as store:
+        assert store.count() == 3
