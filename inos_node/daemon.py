@@ -15,7 +15,6 @@ is accepted, failed executors are retried on the next candidate within the job's
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -558,8 +557,7 @@ class NodeDaemon:
         self.net.record_mismatch(liar)
         if self.economy is None or liar == decider.LOCAL:
             return
-        from inos_node.economy.model import account_of_key
-        from inos_node.net.host import public_key_of_peer_id
+        from inos_node.economy.node import account_of_peer
         from inos_node.wire.ledger import encode_receipt
 
         evidence = [encode_receipt(results[t]["_receipt"]) for t in majority[:2] if results[t].get("_receipt")]
@@ -567,7 +565,7 @@ class NodeDaemon:
             return
         evidence.append(encode_receipt(results[liar]["_receipt"]))
         try:
-            block = await self.economy.slash(job_id, account_of_key(public_key_of_peer_id(liar)), evidence)
+            block = await self.economy.slash(job_id, account_of_peer(liar), evidence)
         except InosError as exc:
             log.error("job=%s: could not slash %s: %s", job_id, liar, exc)
             return
@@ -583,6 +581,7 @@ class NodeDaemon:
         protocol fee on all of it (the ledger insists: a settle can always pay every named
         worker).  What is not paid out is refunded when the job settles."""
         from inos_node.economy.model import MAX_PAYMENTS
+        from inos_node.economy.node import account_of_peer
         from inos_node.errors import BlockRejected, BudgetExceeded
         from inos_node.wire.ledger import encode_block
 
@@ -594,7 +593,7 @@ class NodeDaemon:
         for peer in order[:min(MAX_PAYMENTS, req.replicas + 2)]:
             price = views[peer].price_per_unit if peer in views else 1
             escrow.max_pay[peer] = price * units
-            escrow.account[peer] = _account_of_peer(peer)
+            escrow.account[peer] = account_of_peer(peer)
             workers.append((escrow.account[peer], escrow.max_pay[peer]))
         amount = self.economy.lock_amount([m for _, m in workers])
         if req.budget and amount > req.budget:
@@ -679,15 +678,6 @@ class _Escrow:
     settled: bool = False
     max_pay: dict[str, int] = field(default_factory=dict)  # peer id -> max pay
     account: dict[str, bytes] = field(default_factory=dict)  # peer id -> account id
-
-
-@functools.lru_cache(maxsize=4096)
-def _account_of_peer(peer_id: str) -> bytes:
-    """The ledger account of a peer's key (its id is derived from the key, so this never changes)."""
-    from inos_node.economy.model import account_of_key
-    from inos_node.net.host import public_key_of_peer_id
-
-    return account_of_key(public_key_of_peer_id(peer_id))
 
 
 def _public(rec: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ import blake3
 import trio
 
 from inos_node import __version__
-from inos_node.economy.model import account_of_key
+from inos_node.economy.node import account_of_peer
 from inos_node.errors import InvalidParams, LedgerError, PeerError, RemoteProtocolError
 from inos_node.logs import job_context
 from inos_node.net.blobs import BlobClient, BlobPusher, BlobPushServer, BlobServer, MemoryBlobStore
@@ -374,7 +374,7 @@ class Mesh:
             if d.economy is not None:
                 try:
                     escrow = d.economy.accept_escrow_now(
-                        run.escrow, requester_key_account=account_of_key(public_key_of_peer_id(peer_id)),
+                        run.escrow, requester_key_account=account_of_peer(peer_id),
                         job=job.job_id, peer=peer_id, chain=run.escrow_chain)
                 except (LedgerError, RemoteProtocolError) as exc:
                     return self._unpaid(run, peer_id, exc)
@@ -416,7 +416,7 @@ class Mesh:
         if self.daemon.economy is not None:
             try:  # escrow before execution: no valid lock naming us, no work
                 escrow = await self.daemon.economy.accept_escrow(
-                    run.escrow, requester_key_account=account_of_key(public_key_of_peer_id(peer_id)),
+                    run.escrow, requester_key_account=account_of_peer(peer_id),
                     job=job.job_id, peer=peer_id, chain=run.escrow_chain)
             except (LedgerError, RemoteProtocolError) as exc:
                 return self._unpaid(run, peer_id, exc)

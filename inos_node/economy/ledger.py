@@ -432,9 +432,7 @@ class Ledger:
                 known = (self._account_of(r.public_key), decode_receipt_body(r.body))
             except ProtocolError:
                 continue
-            self._evidence[key] = known
-            if len(self._evidence) > _MAX_EVIDENCE_CACHE:
-                self._evidence.popitem(last=False)
+            self._remember_evidence(key, known)
             out.append(known)
         return out
 
@@ -443,8 +441,10 @@ class Ledger:
         ``public_key``, as if ``_receipts`` had verified and decoded it.  Only for a receipt
         whose signature is known good: made by this node, or verified by it (the shell passes
         ``Receipt.checked``)."""
-        key = blake3.blake3(item).digest()
-        self._evidence[key] = (self._account_of(public_key), body)
+        self._remember_evidence(blake3.blake3(item).digest(), (self._account_of(public_key), body))
+
+    def _remember_evidence(self, key: bytes, known: tuple[bytes, Any]) -> None:
+        self._evidence[key] = known
         if len(self._evidence) > _MAX_EVIDENCE_CACHE:
             self._evidence.popitem(last=False)
 
@@ -694,14 +694,16 @@ class Ledger:
         if fields:
             raise LedgerError(f"next_block: unknown field(s) {', '.join(sorted(fields))}")
         seen = st.seen if st is not None else 0
-        draft = Block(account=account, public_key=identity.public_key, height=height + 1,
+        # One fresh object nobody else holds yet: checked with balance 0, then its balance and
+        # signature are set in place (nothing hashed it before: the body is encoded once).
+        block = Block(account=account, public_key=identity.public_key, height=height + 1,
                       previous=st.head if st is not None else ZERO_HASH, type=type, amount=int(amount),
                       counterparty=cp, job=job, timestamp_ms=timestamp_ms, credits=seen, balance=0,
                       payments=payments, deadline_ms=deadline_ms, ref_height=ref_height, evidence=evidence)
-        reason = self._shape(draft)
+        reason = self._shape(block)
         if not reason:
             try:
-                reason, own_after = self._rules(draft, st)
+                reason, own_after = self._rules(block, st)
             except _Held as held:
                 reason = f"cannot build yet: {held.reason}"
         if reason:
@@ -711,9 +713,7 @@ class Ledger:
         if balance < 0 or actual < 0:
             reason = f"balance would be {min(balance, actual)}"
             raise BlockRejected(f"{type.name.lower()} refused: {reason}", reason=reason)
-        block = Block(account, identity.public_key, height + 1, draft.previous, type, draft.amount, cp, job,
-                      timestamp_ms, seen, balance, payments, deadline_ms, ref_height, evidence)
-        # A fresh object nobody else holds yet: sign it in place (its body leaves the signature out).
+        object.__setattr__(block, "balance", balance)
         object.__setattr__(block, "signature", identity.sign(block_hash(block)))
         if len(block._body) > MAX_BLOCK_BYTES:
             raise BlockRejected("block over the size limit", reason="too large")

@@ -37,6 +37,7 @@ Credits are never lost: until the requester's node settles or refunds, the escro
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -95,6 +96,19 @@ def decode_batch(data: bytes, *, max_items: int = _BATCH_MAX) -> list[bytes]:
         items.append(data[pos : pos + size])
         pos += size
     return items
+
+
+@functools.lru_cache(maxsize=4096)
+def account_of_peer(peer_id: str) -> bytes:
+    """The ledger account of a libp2p peer: its peer id derives from the same Ed25519 key, so
+    this never changes (cached: a worker asks it for every paid request).
+
+    Raises:
+        RemoteProtocolError: ``peer_id`` is not the id of an Ed25519 key.
+    """
+    from inos_node.net.host import public_key_of_peer_id
+
+    return account_of_key(public_key_of_peer_id(peer_id))
 
 
 def unix_ms() -> int:
@@ -520,10 +534,8 @@ class LedgerNode:
     # ------------------------------------------------------------------ claims
     def expect_payment(self, requester: str, job: str, receipt: Any, deadline_ms: int) -> None:
         """Worker side: remember a receipt we signed for ``requester``'s escrow of ``job``."""
-        from inos_node.net.host import public_key_of_peer_id
-
         try:
-            account = account_of_key(public_key_of_peer_id(requester))
+            account = account_of_peer(requester)
         except RemoteProtocolError:
             return
         self._owed_to_me[job] = (requester, account, self.know_receipt(receipt), deadline_ms)

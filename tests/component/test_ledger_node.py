@@ -27,6 +27,21 @@ def _forged(block):  # the same block, one bit of its signature flipped
     return dataclasses.replace(block, signature=bytes(sig))
 
 
+def _requester_chain(transfer_amount: int) -> tuple[Genesis, Ledger, bytes, object, object]:
+    """A network funding ME and WORKER, and ME's first two blocks built on a ledger of its own:
+    a transfer to WORKER, then an escrow_lock for job-1 naming WORKER (max pay 100)."""
+    doc, _ = create_genesis({ME.did: 1_000_000, WORKER.did: 1_000}, created_unix_ms=1)
+    genesis = Genesis.from_doc(doc)
+    mine = Ledger(genesis)  # the requester's side: builds and signs ME's blocks
+    transfer = mine.next_block(ME, BlockType.TRANSFER, amount=transfer_amount, counterparty=WORKER.did,
+                               timestamp_ms=1)
+    assert mine.offer(transfer).outcome is Outcome.APPLIED
+    lock = mine.next_block(ME, BlockType.ESCROW_LOCK, amount=200, job="job-1",
+                           payments=[(account_of_key(WORKER.public_key), 100)], deadline_ms=2**40)
+    assert mine.offer(lock).outcome is Outcome.APPLIED
+    return genesis, mine, account_of_key(ME.public_key), transfer, lock
+
+
 async def _wait_height(node: LedgerNode, account: bytes, height: int) -> None:
     with trio.fail_after(10):
         while node.ledger.height_of(account) < height:
@@ -35,15 +50,7 @@ async def _wait_height(node: LedgerNode, account: bytes, height: int) -> None:
 
 @pytest.mark.trio
 async def test_forged_blocks_from_peers_are_rejected_after_a_restart_too(tmp_path: Path) -> None:
-    doc, _ = create_genesis({ME.did: 1_000_000, WORKER.did: 1_000}, created_unix_ms=1)
-    genesis = Genesis.from_doc(doc)
-    mine = Ledger(genesis)  # the requester's side: builds and signs ME's blocks
-    me = account_of_key(ME.public_key)
-    transfer = mine.next_block(ME, BlockType.TRANSFER, amount=500_000, counterparty=WORKER.did, timestamp_ms=1)
-    assert mine.offer(transfer).outcome is Outcome.APPLIED
-    lock = mine.next_block(ME, BlockType.ESCROW_LOCK, amount=200, job="job-1",
-                           payments=[(account_of_key(WORKER.public_key), 100)], deadline_ms=2**40)
-    assert mine.offer(lock).outcome is Outcome.APPLIED
+    genesis, mine, me, transfer, lock = _requester_chain(500_000)
 
     for attempt in range(2):  # a fresh data dir, then the same one reopened (replayed from SQLite)
         node = LedgerNode(genesis, WORKER, tmp_path)
@@ -81,15 +88,7 @@ async def test_forged_blocks_from_peers_are_rejected_after_a_restart_too(tmp_pat
 async def test_an_escrow_with_earlier_blocks_checks_every_signature(tmp_path: Path) -> None:
     """The blocks sent before a lock are checked like the lock: a forged one among them is
     refused, and says why; the real ones are taken."""
-    doc, _ = create_genesis({ME.did: 1_000_000, WORKER.did: 1_000}, created_unix_ms=1)
-    genesis = Genesis.from_doc(doc)
-    mine = Ledger(genesis)
-    me = account_of_key(ME.public_key)
-    transfer = mine.next_block(ME, BlockType.TRANSFER, amount=10, counterparty=WORKER.did, timestamp_ms=1)
-    assert mine.offer(transfer).outcome is Outcome.APPLIED
-    lock = mine.next_block(ME, BlockType.ESCROW_LOCK, amount=200, job="job-1",
-                           payments=[(account_of_key(WORKER.public_key), 100)], deadline_ms=2**40)
-    assert mine.offer(lock).outcome is Outcome.APPLIED
+    genesis, _, me, transfer, lock = _requester_chain(10)
 
     def accept(node: LedgerNode, lock_block, prior):
         return node.accept_escrow_now(encode_block(lock_block), requester_key_account=me, job="job-1",

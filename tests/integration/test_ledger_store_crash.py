@@ -64,6 +64,23 @@ class _Child:
                 f.close()
 
 
+def _run_then_kill(child: _Child, expected_hash: str | None, lines: int, durable: set[str]) -> None:
+    """Read the child's ready line (its replayed state must be ``expected_hash``, when known),
+    then ``lines`` durable lines into ``durable``, then SIGKILL it mid-stream: writes are in
+    flight at that moment."""
+    try:
+        ready = json.loads(child.line())
+        assert ready["event"] == "ready"
+        if expected_hash is not None:
+            assert ready["state_hash"] == expected_hash, "a restarted writer replays to the checked state"
+        for _ in range(lines):
+            kind, digest = child.line().split()
+            assert kind == "durable"
+            durable.add(digest)
+    finally:
+        child.kill()
+
+
 def _check(data_dir: Path, genesis: Genesis, durable: set[str]) -> str:
     with LedgerStore.open(data_dir, genesis) as store:
         blocks = list(store.load()[0])
@@ -96,18 +113,7 @@ def test_sigkill_at_random_points_loses_nothing_reported(tmp_path: Path, synchro
     durable: set[str] = set()
     expected_hash = None
     for _ in range(ROUNDS):
-        child = _Child(data_dir, genesis_file, synchronous)
-        try:
-            ready = json.loads(child.line())
-            assert ready["event"] == "ready"
-            if expected_hash is not None:
-                assert ready["state_hash"] == expected_hash, "a restarted writer replays to the checked state"
-            for _ in range(rng.randrange(20, 400)):
-                kind, digest = child.line().split()
-                assert kind == "durable"
-                durable.add(digest)
-        finally:
-            child.kill()  # SIGKILL, mid-stream: appends are in flight at this moment
+        _run_then_kill(_Child(data_dir, genesis_file, synchronous), expected_hash, rng.randrange(20, 400), durable)
         expected_hash = _check(data_dir, genesis, durable)
     assert len(durable) >= ROUNDS * 20
 
@@ -137,18 +143,8 @@ def test_sigkill_a_node_between_journal_and_store_loses_nothing_reported(tmp_pat
             pass
 
     for _ in range(ROUNDS):
-        child = _Child(data_dir, genesis_file, "normal", node=True)
-        try:
-            ready = json.loads(child.line())
-            assert ready["event"] == "ready"
-            if expected_hash is not None:
-                assert ready["state_hash"] == expected_hash, "a restarted node replays to the checked state"
-            for _ in range(rng.randrange(20, 300)):
-                kind, digest = child.line().split()
-                assert kind == "durable"
-                durable.add(digest)
-        finally:
-            child.kill()
+        _run_then_kill(_Child(data_dir, genesis_file, "normal", node=True), expected_hash, rng.randrange(20, 300),
+                       durable)
         journal = data_dir / "ledger.journal"
         recovered_any |= journal.exists() and journal.stat().st_size > 0
         trio.run(start_and_stop)
