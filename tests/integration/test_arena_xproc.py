@@ -140,30 +140,58 @@ def child_pingpong_writer(
         pp.close()
 
 
+# A lap costs the writer at least one frame, so a copy-out read allowed more retries than the writer
+# has frames can never be starved; a compute-in-place read slower than a frame period can be (the
+# documented limit of PingPong.read(fn)), and then falls back to copying out, as the docs advise.
+STRESS_FRAMES = 20_000
+FN_RETRIES = 50
+
+
+def validated_read(pp: PingPong, out: np.ndarray, in_place: bool) -> tuple[int, float, float, int] | None:
+    """``(frame, min, max, starved)`` of the latest frame; ``starved`` is 1 if ``fn`` gave up."""
+    starved = 0
+    if in_place:
+        try:
+            got = pp.read(lambda a: (float(a.min()), float(a.max())), max_retries=FN_RETRIES)
+        except ArenaError as exc:
+            assert "lapped by the writer" in str(exc)
+            starved = 1
+        else:
+            if got is None:
+                return None
+            frame, (lo, hi) = got
+            return frame, lo, hi, 0
+    got = pp.read(out=out, max_retries=STRESS_FRAMES + 1)
+    if got is None:
+        return None
+    frame, value = got
+    return frame, float(value.min()), float(value.max()), starved
+
+
 def child_pingpong_reader(conn: Connection, name: str, directory: str) -> None:
     with Arena.attach(name, directory=directory) as arena:
         pp = PingPong.open(arena, "stress")
         done = arena.find_epoch("stress.done")
         assert done is not None
         out = np.empty(pp.shape, pp.dtype)
-        reads = tears = 0
+        reads = tears = starved = 0
         last = 0
         with BlockingWaiter(arena, [pp.epoch_index, done]) as waiter:
             conn.send("ready")
             deadline = time.monotonic() + TIMEOUT
             while time.monotonic() < deadline:
                 finished = arena.epoch(done) > 0
-                got = pp.read(out=out) if reads % 2 else pp.read(lambda a: (float(a.min()), float(a.max())))
+                got = validated_read(pp, out, in_place=reads % 2 == 0)
                 if got is not None:
-                    frame, value = got
-                    lo, hi = (float(value.min()), float(value.max())) if reads % 2 else value
+                    frame, lo, hi, gave_up = got
                     reads += 1
+                    starved += gave_up
                     tears += not (lo == hi == frame)
                     last = frame
                 if finished and last == pp.frame:
                     break
                 waiter.wait(pp.epoch_index, last, timeout=0.2)
-        conn.send((reads, tears, pp.laps, last))
+        conn.send((reads, tears, pp.laps, last, starved))
         del out
         pp.close()
 
@@ -311,12 +339,13 @@ async def test_pingpong_stress_across_processes_has_no_undetected_tears(shm_dir:
         done = arena.reserve_epoch("stress.done")
         pp = PingPong.create(arena, "stress", (6, 10_000), np.float32, index)
         watcher = EpochWatcher(arena, [index, done])
-        reads = tears = 0
+        out = np.empty(pp.shape, pp.dtype)
+        reads = tears = starved = 0
         async with trio.open_nursery() as nursery:
             await nursery.start(watcher.run)
             with (
                 Child(child_pingpong_reader, arena.name, shm_dir) as reader,
-                Child(child_pingpong_writer, arena.name, shm_dir, 20_000, 3.0) as writer,
+                Child(child_pingpong_writer, arena.name, shm_dir, STRESS_FRAMES, 3.0) as writer,
             ):
                 assert await reader.arecv() == "ready"
                 writer.conn.send("go")
@@ -331,10 +360,11 @@ async def test_pingpong_stress_across_processes_has_no_undetected_tears(shm_dir:
                 with trio.fail_after(TIMEOUT):
                     while True:
                         finished = arena.epoch(done) > 0
-                        got = pp.read(lambda a: (float(a.min()), float(a.max())))
+                        got = validated_read(pp, out, in_place=True)
                         if got is not None:
-                            frame, (lo, hi) = got
+                            frame, lo, hi, gave_up = got
                             reads += 1
+                            starved += gave_up
                             tears += not (lo == hi == frame)
                             last = frame
                         if finished and last == pp.frame:
@@ -342,14 +372,17 @@ async def test_pingpong_stress_across_processes_has_no_undetected_tears(shm_dir:
                         with trio.CancelScope() as current_wait[0]:
                             await watcher.wait(index, last)
                 frames = await writer.arecv()
-                child_reads, child_tears, child_laps, child_last = await reader.arecv()
+                child_reads, child_tears, child_laps, child_last, child_starved = await reader.arecv()
             nursery.cancel_scope.cancel()
+        del out
         pp.close()
     assert frames > 100, "the writer ran"
     assert last == frames and child_last == frames, "both readers saw the final frame"
     assert reads > 10 and child_reads > 10, "reads happened in both processes"
     assert tears == 0 and child_tears == 0, "no read returned a torn frame"
-    assert child_laps >= 0 and pp.laps >= 0
+    # laps and starved reads are allowed (the writer never waits for readers); both are counted
+    # in the -rP output for whoever tunes this, and neither may hide a tear
+    print(f"laps {pp.laps}/{child_laps}, starved in-place reads {starved}/{child_starved}")
 
 
 def test_spsc_ring_across_processes_keeps_order_and_content(shm_dir: str) -> None:
