@@ -22,10 +22,11 @@ the pointer):
                     each item).  Empty Data points at the next free word; empty lists are null.
 
 The encoder is tested byte for byte against pycapnp (tests/unit/test_wire_canonical.py).  The
-decoder parses with bounds checks, then re-encodes what it read and compares: it accepts only
-bytes that are exactly the canonical encoding of the fields it returns, so it can never read a
-message differently from pycapnp.  Anything else (another layout, several segments, malformed
-data) gets None, and pycapnp decides.
+reader accepts only the canonical form: every pointer must be exactly the word the encoder would
+write (its target the next free word, its kind and size), padding zero, and the segment must end
+where the last object does.  Such bytes are the canonical encoding of the fields read, so pycapnp
+would read the same values from them.  Anything else (another layout, several segments,
+malformed data) gets None, and pycapnp decides.
 """
 
 from __future__ import annotations
