@@ -1,9 +1,10 @@
 """Hand-written Cap'n Proto codecs for the two hottest ledger messages, ``BlockBody`` and ``Block``
 (schemas/economy/v1/ledger.capnp), in their canonical form only.
 
-Why: a paid job builds two blocks on the requester and decodes two on the worker; pycapnp spends
-20 to 60 us per message on a field-by-field walk (about 2 us per field read or write).  These
-functions do the same in a few microseconds with ``struct``.  They are private to
+Why: a paid job builds two blocks on the requester and decodes two on the worker, on the job's
+critical path.  Measured on the project machine (one settle block with a 400-byte receipt):
+decoding took 36 to 42 us through pycapnp and 17 to 22 us here (both including building the
+``Block``); encoding gains less, 7 to 10 us against 10 to 12.  These functions are private to
 ``wire.ledger``, which falls back to pycapnp whenever they decline (return None).
 
 What "canonical" means here: exactly the bytes pycapnp's ``to_bytes()`` gives when the fields are
