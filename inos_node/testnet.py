@@ -449,15 +449,24 @@ def _stop(nodes: list[dict[str, Any]], timeout_s: float) -> list[str]:
     return killed
 
 
+def arena_files(prefix: str) -> list[str]:
+    """The arena file named exactly ``prefix`` in /dev/shm and its doorbells (``prefix.bell.*``),
+    not those of a longer name (inos-node1-12 must not match inos-node1-123)."""
+    out = []
+    for path in glob.glob(os.path.join(SHM_DIR, glob.escape(prefix) + "*")):
+        rest = os.path.basename(path)[len(prefix):]
+        if rest == "" or rest.startswith(".bell."):
+            out.append(path)
+    return out
+
+
 def _arenas(nodes: list[dict[str, Any]]) -> Iterator[tuple[str, str]]:
     """(prefix, path) of every arena file (and doorbell) any pid of these nodes ever had."""
     for n in nodes:
         for pid, _ in n.get("history", []):
             prefix = f"inos-{n['name']}-{pid}"
-            for path in glob.glob(os.path.join(SHM_DIR, glob.escape(prefix) + "*")):
-                rest = os.path.basename(path)[len(prefix):]
-                if rest == "" or rest.startswith(".bell."):  # not inos-node1-12 matching inos-node1-123
-                    yield prefix, path
+            for path in arena_files(prefix):
+                yield prefix, path
 
 
 def down(root: Path, *, timeout_s: float = 15.0, progress: IO[str] | None = None) -> dict[str, Any]:

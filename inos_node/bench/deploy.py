@@ -56,7 +56,6 @@ the testnet nodes inherit it whole, as they do from ``inos testnet up``.
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import os
@@ -74,7 +73,15 @@ from pathlib import Path
 from typing import IO, Any
 
 from inos_node.errors import InosError
-from inos_node.testnet import API_OFFSET, log_tail, port_free, proc_stat, session_members, start_time
+from inos_node.testnet import (
+    API_OFFSET,
+    arena_files,
+    log_tail,
+    port_free,
+    proc_stat,
+    session_members,
+    start_time,
+)
 
 __all__ = ["DeployBenchError", "run_deploy"]
 
@@ -143,14 +150,8 @@ def _mb(kb: float) -> float:
 
 
 def _arenas(prefixes: list[str]) -> list[str]:
-    """Arena files (and their doorbells) named exactly ``prefix`` or ``prefix.bell.*``."""
-    out = []
-    for prefix in prefixes:
-        for path in glob.glob(os.path.join(SHM_DIR, glob.escape(prefix) + "*")):
-            rest = os.path.basename(path)[len(prefix):]
-            if rest == "" or rest.startswith(".bell."):
-                out.append(path)
-    return sorted(out)
+    """Arena files (and their doorbells) of these prefixes (``testnet.arena_files``)."""
+    return sorted(path for prefix in prefixes for path in arena_files(prefix))
 
 
 def _leftovers(leaders: dict[int, int | None], prefixes: list[str],

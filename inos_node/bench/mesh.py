@@ -8,8 +8,9 @@ process, bootstrapped to B.  Every pair below is measured between exactly these 
   libp2p_stream_rtt_p50_us     raw echo (100 B) over a persistent py-libp2p stream, A <-> B
   remote_throughput_per_s      the same capsule, 32 in flight
   libp2p_stream_throughput_per_s  raw echo, 32 in flight on one stream
-  blob_mbps                    compute.blake3 of a 64 MiB input on B: the input moves A -> B over
-                               /inos/blob (digest-checked), B hashes it, A verifies the receipt
+  blob_mbps                    compute.blake3 of a 64 MiB input on B: the input moves A -> B as
+                               the node moves it (pushed over /inos/blob-push, digest-checked),
+                               B hashes it, A verifies the receipt
   libp2p_bulk_mbps             raw one-stream bulk A -> B, 64 MiB in 1 MiB writes
   connect_ms                   a new connection A -> B (TCP + Noise + Yamux), median of 10 (between
                                two, the node's hello on the last one is let finish, untimed)
@@ -201,20 +202,29 @@ def _paid_genesis(base: Path) -> Path:
     return write_genesis(base / "genesis.json", doc, force=True)
 
 
+async def _timed(n: int, one: Any) -> list[float]:
+    """Seconds of each of ``n`` calls of ``await one(i)``, one at a time, after 20 untimed."""
+    samples = []
+    for i in range(n + 20):
+        t0 = time.perf_counter()
+        await one(i)
+        if i >= 20:  # warm-up
+            samples.append(time.perf_counter() - t0)
+    return samples
+
+
 async def _remote_samples(daemon: Any, peer: str, n: int, prefix: str) -> list[float]:
     """Seconds of ``system.echo`` (100 B) run on ``peer`` through the mesh (``Mesh.run_remote``:
     request, answer, receipt verified), one at a time."""
     from inos_node.api.service import SubmitRequest
 
     req = SubmitRequest("system.echo", b"x" * 100)
-    samples = []
-    for i in range(n + 20):
-        t0 = time.perf_counter()
+
+    async def one(i: int) -> None:
         rec = await daemon.net.run_remote(f"{prefix}-{i}", req, peer, 10_000)
-        if i >= 20:  # warm-up
-            samples.append(time.perf_counter() - t0)
         assert rec["status"] == "success" and rec["receipt"] is not None, rec
-    return samples
+
+    return await _timed(n, one)
 
 
 async def _job_samples(daemon: Any, peer: str, n: int) -> list[float]:
@@ -222,14 +232,12 @@ async def _job_samples(daemon: Any, peer: str, n: int) -> list[float]:
     from inos_node.api.service import SubmitRequest
 
     req = SubmitRequest("system.echo", b"x" * 100, placement=f"peer:{peer}")
-    samples = []
-    for i in range(n + 20):
-        t0 = time.perf_counter()
+
+    async def one(i: int) -> None:
         rec = await daemon.wait_job(await daemon.submit(req))
-        if i >= 20:  # warm-up
-            samples.append(time.perf_counter() - t0)
         assert rec.status == "success", rec
-    return samples
+
+    return await _timed(n, one)
 
 
 def run_mesh(quick: bool = False, gossip_30: bool = False, progress: bool = True) -> dict[str, Any]:

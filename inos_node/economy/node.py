@@ -627,7 +627,8 @@ class LedgerNode:
             raise BlockRejected(
                 f"{type_.name.lower()} refused: {offer.reason or offer.outcome.value}", reason=offer.reason
             )
-        # no checkpoint between the offer and the enqueue: store order = apply order
+        # no checkpoint between the offer and the journal unless the journal is full (then a later
+        # block may be journaled first: recovery and the store take any order)
         await self._persist_own(block)
         self.stats["applied"] += len(offer.applied)
         self._changed()

@@ -134,28 +134,14 @@ class MemoryBlobStore:
         return data
 
     def put(self, data: bytes | bytearray | memoryview) -> bytes:
-        """Store ``data``; returns its blake3 digest.
+        """Store ``data`` (a copy, unless it is ``bytes``); returns its blake3 digest.
 
         Raises:
             InputTooLarge: ``data`` alone is over the store's capacity.
         """
-        n = len(data)
-        if n > self.capacity_bytes:
-            raise InputTooLarge(
-                f"blob of {n} bytes is over the store's {self.capacity_bytes} bytes",
-                limit=self.capacity_bytes,
-                observed=n,
-            )
+        self._check_size(len(data))  # before hashing it
         digest = digest_of(data)
-        if digest in self._blobs:
-            self._blobs.move_to_end(digest)
-            return digest
-        self._blobs[digest] = bytes(data)
-        self._used += n
-        while self._used > self.capacity_bytes:
-            _, old = self._blobs.popitem(last=False)
-            self._used -= len(old)
-            self._evicted += 1
+        self.put_verified(digest, data if digest in self._blobs else bytes(data))
         return digest
 
     def put_verified(self, digest: bytes, data: Any) -> None:
@@ -166,9 +152,7 @@ class MemoryBlobStore:
             InputTooLarge: ``data`` alone is over the store's capacity.
         """
         n = len(data)
-        if n > self.capacity_bytes:
-            raise InputTooLarge(f"blob of {n} bytes is over the store's {self.capacity_bytes} bytes",
-                                limit=self.capacity_bytes, observed=n)
+        self._check_size(n)
         if digest in self._blobs:
             self._blobs.move_to_end(digest)
             return
@@ -178,6 +162,11 @@ class MemoryBlobStore:
             _, old = self._blobs.popitem(last=False)
             self._used -= len(old)
             self._evicted += 1
+
+    def _check_size(self, n: int) -> None:
+        if n > self.capacity_bytes:
+            raise InputTooLarge(f"blob of {n} bytes is over the store's {self.capacity_bytes} bytes",
+                                limit=self.capacity_bytes, observed=n)
 
     def discard(self, digest: bytes) -> None:
         """Forget ``digest`` if held."""
@@ -681,7 +670,6 @@ class BlobPushServer:
             raise cut[0]
         out = fill.out
         return out, fill.digest()
-
 
     @staticmethod
     def _place_early(fill: _Fill, early: list[bytes]) -> None:

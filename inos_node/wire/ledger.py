@@ -88,46 +88,25 @@ def encode_block_body(block: Block) -> bytes:
         raise LocalProtocolError(f"a block has at most {MAX_EVIDENCE} evidence items, "
                                  f"got {len(block.evidence)}",
                                  limit=MAX_EVIDENCE, observed=len(block.evidence))
-    numbers = (block.height, block.amount, block.timestamp_ms, block.credits, block.balance, block.deadline_ms,
-               block.ref_height, *(p.amount for p in block.payments))
-    if min(numbers) < 0 or max(numbers) >= 2**64:
-        for value, what in zip(numbers, ("height", "amount", "timestampMs", "credits", "balance", "deadlineMs",
-                                         "refHeight", *("payment amount" for _ in block.payments)), strict=True):
-            _u64(value, what)
-    # the canonical layout written directly (wire._canonical: byte for byte what pycapnp gives, in
-    # a few us instead of ~20); pycapnp when that declines (a body past one segment)
-    out = _canonical.encode_block_body(
-        block.account, block.public_key, block.height, block.previous, int(block.type), block.amount,
-        block.counterparty, block.job, block.timestamp_ms, block.credits, block.balance, block.payments,
-        block.deadline_ms, block.ref_height, block.evidence)
-    if out is not None:
-        if len(out) > MAX_BLOCK_BYTES:
-            raise LocalProtocolError(f"block body of {len(out)} bytes is over the {MAX_BLOCK_BYTES}-byte limit",
-                                     limit=MAX_BLOCK_BYTES, observed=len(out))
-        return out
-    return _encode_block_body_capnp(block)
-
-
-def _encode_block_body_capnp(block: Block) -> bytes:
     m = _schema().BlockBody.new_message()
     m.account = block.account
     m.publicKey = block.public_key
-    m.height = block.height
+    m.height = _u64(block.height, "height")
     m.previous = block.previous
     m.type = int(block.type)
-    m.amount = block.amount
+    m.amount = _u64(block.amount, "amount")
     m.counterparty = block.counterparty
     m.job = block.job
-    m.timestampMs = block.timestamp_ms
-    m.credits = block.credits
-    m.balance = block.balance
+    m.timestampMs = _u64(block.timestamp_ms, "timestampMs")
+    m.credits = _u64(block.credits, "credits")
+    m.balance = _u64(block.balance, "balance")
     if block.payments:
         ps = m.init("payments", len(block.payments))
         for i, p in enumerate(block.payments):
             ps[i].account = p.account
-            ps[i].amount = p.amount
-    m.deadlineMs = block.deadline_ms
-    m.refHeight = block.ref_height
+            ps[i].amount = _u64(p.amount, "payment amount")
+    m.deadlineMs = _u64(block.deadline_ms, "deadlineMs")
+    m.refHeight = _u64(block.ref_height, "refHeight")
     if block.evidence:
         ev = m.init("evidence", len(block.evidence))
         for i, item in enumerate(block.evidence):
@@ -140,16 +119,10 @@ def encode_block(block: Block, *, max_bytes: int = MAX_BLOCK_BYTES) -> bytes:
     wire = block._wire
     if wire and len(wire) <= max_bytes:
         return wire
-    body = block_body(block)
-    wire = _canonical.encode_block_wrapper(body, block.signature)
-    if wire is None:
-        m = _schema().Block.new_message()
-        m.body = body
-        m.signature = block.signature
-        wire = finish(m, "block", max_bytes)
-    elif len(wire) > max_bytes:
-        raise LocalProtocolError(f"block of {len(wire)} bytes is over the {max_bytes}-byte limit",
-                                 limit=max_bytes, observed=len(wire))
+    m = _schema().Block.new_message()
+    m.body = block_body(block)
+    m.signature = block.signature
+    wire = finish(m, "block", max_bytes)
     if block.signature:
         object.__setattr__(block, "_wire", wire)
     return wire
@@ -163,8 +136,8 @@ def _at_most(observed: int, limit: int, what: str) -> None:
 def _read_body(r: Any) -> tuple[Any, ...]:
     """A capnp ``BlockBody`` reader -> its fields, in ``_canonical.read_block_body``'s order."""
     return (bytes(r.account), bytes(r.publicKey), r.height, bytes(r.previous), r.type, r.amount,
-            bytes(r.counterparty), r.job, r.timestampMs, r.credits, r.balance, r.payments, r.deadlineMs,
-            r.refHeight, r.evidence)
+            bytes(r.counterparty), r.job, r.timestampMs, r.credits, r.balance,
+            [(bytes(p.account), p.amount) for p in r.payments], r.deadlineMs, r.refHeight, r.evidence)
 
 
 def _block_of(fields: tuple[Any, ...], signature: bytes) -> Block:
@@ -181,15 +154,16 @@ def _block_of(fields: tuple[Any, ...], signature: bytes) -> Block:
         _at_most(len(e), MAX_EVIDENCE_BYTES, "bytes in an evidence item")
     _at_most(len(job), MAX_JOB_CHARS, "characters in a job id")
     return Block(account, public_key, height, previous, t, amount, counterparty, job, timestamp_ms, credits,
-                 balance, tuple(Payment(bytes(p.account), p.amount) for p in payments), deadline_ms,
+                 balance, tuple(Payment(acct, amt) for acct, amt in payments), deadline_ms,
                  ref_height, ev, signature)
 
 
 def decode_block(data: bytes | memoryview, *, max_bytes: int = MAX_BLOCK_BYTES) -> Block:
     """An encoded ``Block`` -> a ``Block`` carrying its body bytes and hash (not yet verified).
 
-    Canonical bytes (all this node and its peers make) are read by ``wire._canonical`` in a few
-    us; anything else by pycapnp, with the same checks and errors."""
+    Canonical bytes (what ``encode_block`` makes, here and on every peer) are read by
+    ``wire._canonical`` in about half pycapnp's time; anything else by pycapnp, with the same
+    checks and errors."""
     _check_size(data, max_bytes, "block")
     data = bytes(data)
     parts = _canonical.read_block_wrapper(data)

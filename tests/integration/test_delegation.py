@@ -377,14 +377,18 @@ async def test_killing_the_worker_mid_request_fails_the_request_promptly():
 
 
 class FlippingStore(MemoryBlobStore):
-    """Serves every blob with one byte flipped (a lying or broken server)."""
+    """Serves every blob with one byte flipped, ``where`` along it (a lying or broken server)."""
+
+    def __init__(self, where: float = 0.5, flip: int = 0xFF) -> None:
+        super().__init__()
+        self.where, self.flip = where, flip
 
     def get(self, digest: bytes) -> bytes | None:
         data = super().get(digest)
         if data is None:
             return None
         bad = bytearray(data)
-        bad[len(bad) // 2] ^= 0xFF
+        bad[int(len(bad) * self.where)] ^= self.flip
         return bytes(bad)
 
 
@@ -431,17 +435,7 @@ async def test_a_large_input_is_fetched_into_a_populated_buffer_and_hashed_as_it
 @pytest.mark.parametrize("where", [0.05, 0.5, 0.999])
 async def test_a_large_corrupted_blob_is_refused_wherever_the_flip_is(where):
     """The prefix hashed early and the tail hashed at the end are both checked."""
-
-    class FlipAt(MemoryBlobStore):
-        def get(self, digest: bytes) -> bytes | None:
-            data = super().get(digest)
-            if data is None:
-                return None
-            bad = bytearray(data)
-            bad[int(len(bad) * where)] ^= 0x01
-            return bytes(bad)
-
-    store = FlipAt()
+    store = FlippingStore(where, flip=0x01)
     digest = store.put(os.urandom(12 * 1024 * 1024))
     async with open_blob_pair(store) as (client, peer):
         with pytest.raises(RemoteProtocolError, match="does not hash"):

@@ -102,12 +102,17 @@ def _check(data_dir: Path, genesis: Genesis, durable: set[str]) -> str:
     return ledger.state_hash().hex()
 
 
-@pytest.mark.parametrize("synchronous", ["normal", "full"])
-def test_sigkill_at_random_points_loses_nothing_reported(tmp_path: Path, synchronous: str) -> None:
-    identities = [Identity(s) for s in SEEDS]
+def _network(tmp_path: Path, seeds: list[bytes]) -> tuple[list[Identity], Path, Genesis]:
+    """Identities of ``seeds``, each funded by a genesis written to tmp_path/genesis.json."""
+    identities = [Identity(s) for s in seeds]
     doc, _ = create_genesis({i.did: 10**9 for i in identities}, created_unix_ms=1)
     genesis_file = write_genesis(tmp_path / "genesis.json", doc)
-    genesis = Genesis.load(genesis_file)
+    return identities, genesis_file, Genesis.load(genesis_file)
+
+
+@pytest.mark.parametrize("synchronous", ["normal", "full"])
+def test_sigkill_at_random_points_loses_nothing_reported(tmp_path: Path, synchronous: str) -> None:
+    _, genesis_file, genesis = _network(tmp_path, SEEDS)
     data_dir = tmp_path / "node"
     rng = random.Random(4)
     durable: set[str] = set()
@@ -127,10 +132,7 @@ def test_sigkill_a_node_between_journal_and_store_loses_nothing_reported(tmp_pat
 
     from inos_node.economy.node import LedgerNode
 
-    identities = [Identity(s) for s in SEEDS[:2]]
-    doc, _ = create_genesis({i.did: 10**9 for i in identities}, created_unix_ms=1)
-    genesis_file = write_genesis(tmp_path / "genesis.json", doc)
-    genesis = Genesis.load(genesis_file)
+    identities, genesis_file, genesis = _network(tmp_path, SEEDS[:2])
     data_dir = tmp_path / "node"
     rng = random.Random(7)
     durable: set[str] = set()
