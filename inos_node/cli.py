@@ -183,7 +183,8 @@ def _print_report(report: dict[str, Any], as_json: bool) -> int:
 def cmd_bench_mesh(args: argparse.Namespace) -> int:
     from inos_node.bench.mesh import run_mesh
 
-    return _print_report(run_mesh(quick=args.quick, gossip_30=args.gossip_30, progress=not args.json), args.json)
+    return _print_report(run_mesh(quick=args.quick, gossip_30=args.gossip_30, progress=not args.json,
+                                  escrow_credit=args.escrow_credit), args.json)
 
 
 def cmd_bench_ledger(args: argparse.Namespace) -> int:
@@ -493,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run, noisier)")
     b.add_argument("--gossip-30", action="store_true", help="also measure gossip across 30 node processes")
+    b.add_argument("--escrow-credit", type=int, default=None, metavar="N",
+                   help="the paid worker's --escrow-credit (default: the node's default, 100; 0 measures a "
+                        "worker that checks every lock before it runs the job)")
     b.set_defaults(fn=cmd_bench_mesh)
     b = bsub.add_parser("ledger", help="ledger apply rate, durable appends and settlement CPU beside raw "
                                        "ed25519 and sqlite baselines")

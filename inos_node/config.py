@@ -134,6 +134,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("verify_sample", "float", 0.0, "probability of re-running a remote result locally before paying "
             "for it (deterministic capsules this node serves; a mismatch is not paid)", "--verify-sample",
             minimum=0.0, maximum=1.0),
+    Setting("escrow_credit", "int", 100, "paid networks, as a worker: a requester whose escrow this node "
+            "already checked may have one more job of up to this many credits answered before its lock is "
+            "checked (the check follows the answer; a lock that fails it loses the requester that trust; "
+            "0: every lock is checked before the job runs)", "--escrow-credit", minimum=0, maximum=10**12),
     Setting("mdns", "bool", False, "also discover peers with mDNS", "--mdns"),
     Setting("genesis", "path", None, "a genesis file: join its paid network (default: the free dev "
             "network, no ledger)", "--genesis", metavar="FILE"),
@@ -282,7 +286,7 @@ class Resolved:
             max_jobs=v["max_jobs"], default_timeout_s=v["default_timeout_s"], mdns=v["mdns"],
             advert_interval_s=v["advert_interval_s"], arena_size=v["arena_mb"] * MIB,
             hedge_after=v["hedge_after"], genesis=v["genesis"], log_format=v["log_format"],
-            verify_sample=v["verify_sample"], **overrides,
+            verify_sample=v["verify_sample"], escrow_credit=v["escrow_credit"], **overrides,
         )
 
 

@@ -69,6 +69,7 @@ class DaemonConfig:
     test_no_settle: bool = False  # a test-only switch: this requester neither settles nor refunds (a crash)
     genesis: Path | None = None  # a genesis file (economy); None: the free dev network, no ledger
     verify_sample: float = 0.0  # probability of re-running a remote result locally before accepting it
+    escrow_credit: int = 100  # worker: credits of one known payer's lock answered before the check (0: none)
     log_format: str = "text"  # text | json
 
     def __post_init__(self) -> None:
@@ -142,7 +143,8 @@ class NodeDaemon:
                 if genesis is not None:
                     from inos_node.economy.node import LedgerNode
 
-                    self.economy = LedgerNode(genesis, self.identity, self.data.path)
+                    self.economy = LedgerNode(genesis, self.identity, self.data.path,
+                                              escrow_credit=cfg.escrow_credit)
                     await stack.enter_async_context(self.economy.open())
                 async with Mesh(self).open() as mesh:
                     self.net = mesh
@@ -242,6 +244,11 @@ class NodeDaemon:
                 out.append(metrics.Sample("inos_ledger_account_credits", own[part], {"part": part, "did": own["did"]},
                                           help="this node's own account"))
             for key, value in economy.stats.items():
+                if key.startswith("escrows_"):
+                    out.append(metrics.Sample("inos_ledger_escrow_credit_total", value, {"event": key[8:]},
+                                              kind="counter", help="escrow locks this worker took on trust "
+                                              "(--escrow-credit), checked since, and failed that check"))
+                    continue
                 out.append(metrics.Sample("inos_ledger_messages_total", value, {"outcome": key}, kind="counter",
                                           help="ledger blocks received from peers, by outcome"))
             return out

@@ -119,7 +119,8 @@ class Mesh:
                                    self_peer=self.peer_id)
                     await n.start(economy.run)
                 self.server = DelegationServer(host, self._serve, max_concurrent=cfg.max_jobs, admit=self.gate.admit,
-                                               fast=self._serve_now)
+                                               fast=self._serve_now,
+                                               answered=self._answered)
                 await n.start(self.server.run)
                 self.client = DelegationClient(host)
                 await n.start(self.client.run)
@@ -373,9 +374,10 @@ class Mesh:
             escrow: dict[str, Any] | None = None
             if d.economy is not None:
                 try:
-                    escrow = d.economy.accept_escrow_now(
-                        run.escrow, requester_key_account=account_of_peer(peer_id),
-                        job=job.job_id, peer=peer_id, chain=run.escrow_chain)
+                    kw: dict[str, Any] = {"requester_key_account": account_of_peer(peer_id), "job": job.job_id,
+                                          "peer": peer_id, "chain": run.escrow_chain}
+                    escrow = (d.economy.trust_escrow_now(run.escrow, **kw)
+                              or d.economy.accept_escrow_now(run.escrow, **kw))
                 except (LedgerError, RemoteProtocolError) as exc:
                     return self._unpaid(run, peer_id, exc)
                 if escrow is None:
@@ -387,9 +389,16 @@ class Mesh:
                 return DelegateResponse(run.request_id, JobResult(job.job_id, Status.FAILED, error=str(exc),
                                                                   retryable=True))
             result = d.local.execute_now(job if data is job.input else replace(job, input=data))
-            if result is None:
-                return None  # (the escrow, if any, is applied; the slow path finds it open)
+            if result is None:  # (the escrow, if any, is applied or checked now; the slow path finds it open)
+                if d.economy is not None:
+                    d.economy.check_later(peer_id)
+                return None
             return self._answer(run, peer_id, result, escrow)
+
+    def _answered(self, run: DelegateRun, peer_id: str) -> None:
+        """The delegation server wrote ``_serve_now``'s answer: check a lock taken on trust."""
+        if self.daemon.economy is not None:
+            self.daemon.economy.check_later(peer_id)
 
     def _refuse_nonpayer(self, run: DelegateRun, peer_id: str) -> DelegateResponse | None:
         economy = self.daemon.economy

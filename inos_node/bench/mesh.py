@@ -24,8 +24,12 @@ a network with a genesis, alive at the same time as A and B, through the daemon'
   remote_rtt_econ_phase_p50_us remote_rtt again, in the same rounds as the two below (the
                                paid/unpaid ratio is taken against it: same minute, same machine)
   remote_job_rtt_p50_us        system.echo submitted on A with --peer B (no ledger)
-  remote_paid_rtt_p50_us       the same on A' with --peer B': escrow lock before the request
-                               (B' checks it before running), settle after the receipt verifies
+  remote_paid_rtt_p50_us       the same on A' with --peer B': escrow lock before the request,
+                               settle after the receipt verifies.  B' runs with the default
+                               --escrow-credit (100): after the first job A' is a known payer,
+                               so B' answers first and checks each lock right after; with
+                               --escrow-credit 0 it checks every lock before running the job
+                               (``worker_escrow_credit`` in the report says which)
 
 How the sides are compared: a machine with 2 cores drifts by tens of percent within a minute, so
 each pair is measured in ROUNDS that alternate the two sides (baseline, ours, baseline, ours, ...)
@@ -50,7 +54,8 @@ __all__ = ["run_mesh"]
 _MIB = 1024 * 1024
 
 
-async def _main(quick: bool, gossip_30: bool, say: Any) -> dict[str, Any]:
+async def _main(quick: bool, gossip_30: bool, escrow_credit: int | None, say: Any) -> dict[str, Any]:
+    from inos_node.config import by_key
     from inos_node.daemon import DaemonConfig, NodeDaemon
     from inos_node.net.host import quiet_libp2p_logs
     from inos_node.testing.procs import free_port, start_node
@@ -63,7 +68,9 @@ async def _main(quick: bool, gossip_30: bool, say: Any) -> dict[str, Any]:
     b = await trio.to_thread.run_sync(lambda: start_node(base, "b", env={"INOS_BENCH": "1"}))
     try:
         genesis = _paid_genesis(base)
-        pb = await trio.to_thread.run_sync(lambda: start_node(base, "pb", extra=("--genesis", str(genesis))))
+        credit = () if escrow_credit is None else ("--escrow-credit", str(escrow_credit))
+        report["worker_escrow_credit"] = by_key("escrow_credit").default if escrow_credit is None else escrow_credit
+        pb = await trio.to_thread.run_sync(lambda: start_node(base, "pb", extra=("--genesis", str(genesis), *credit)))
         try:
             daemon = NodeDaemon(DaemonConfig(
                 data_dir=base / "a", listen=("/ip4/127.0.0.1/tcp/0",), bootstrap=(b.address,),
@@ -240,9 +247,10 @@ async def _job_samples(daemon: Any, peer: str, n: int) -> list[float]:
     return await _timed(n, one)
 
 
-def run_mesh(quick: bool = False, gossip_30: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_mesh(quick: bool = False, gossip_30: bool = False, progress: bool = True,
+             escrow_credit: int | None = None) -> dict[str, Any]:
     def say(msg: str) -> None:
         if progress:
             print(f"bench: {msg} ...", file=sys.stderr, flush=True)
 
-    return trio.run(_main, quick, gossip_30, say)
+    return trio.run(_main, quick, gossip_30, escrow_credit, say)

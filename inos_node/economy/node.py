@@ -19,6 +19,17 @@ verified receipt, ``refund`` when the job fails; the pending settlement is recor
 transaction as the lock, so a node killed at any moment finishes or refunds it when it restarts
 (``resolve_pending``).  Worker side: ``accept_escrow`` checks the lock that comes with a request.
 
+Escrow credit (worker side, ``escrow_credit`` > 0).  A requester whose escrow this node has
+already checked and taken once (a known payer) may have ONE more lock taken on trust, when it
+names this node for at most ``escrow_credit`` credits: ``trust_escrow_now`` reads the lock (its
+job, its account, its worker list: no signature check, nothing applied) and the small job runs
+and is answered; ``check_later`` then checks that lock exactly as ``accept_escrow`` would, the
+moment the answer is written.  The requester still locks before anything leaves it; what moves
+is when the worker checks (a few hundred microseconds later, off the answer's path), and what it
+risks is one job of at most ``escrow_credit`` credits per requester: a lock that fails its check
+is logged, the requester stops being a known payer, its failure counts as a non-payment, and the
+claim for that job is dropped (no credit moves: the ledger never applied that lock).
+
 Who may do what when a requester does not settle (it crashed between the result and the settle,
 say).  Only the requester's chain can close its escrow, so nothing ever races:
   * the worker keeps its receipt (``expect_payment``); once the job's deadline has passed with
@@ -70,6 +81,8 @@ _PERSIST_DELAY_S = 0.05  # peers' blocks wait this long to be stored together (s
 _PERSIST_BATCH = 256
 _OWN_DELAY_S = 0.02  # our journaled blocks wait this long to be committed to SQLite together
 _JOURNAL_MAX = 4096  # records; past this, commit() waits for the store to catch up
+_MAX_KNOWN_PAYERS = 4096  # requesters whose escrow this node checked and took (escrow credit)
+_MAX_UNCHECKED = 256  # escrows taken on trust, not yet checked (one per requester at most)
 
 
 def encode_batch(items: list[bytes]) -> bytes:
@@ -128,6 +141,7 @@ class LedgerNode:
         *,
         sync_interval_s: float = 10.0,
         inbox: int = 4096,
+        escrow_credit: int = 0,
     ) -> None:
         self.genesis = genesis
         self.identity = identity
@@ -162,6 +176,9 @@ class LedgerNode:
             "synced": 0,
             "claims_made": 0,
             "claims_settled": 0,
+            "escrows_trusted": 0,  # locks taken on trust (escrow credit)
+            "escrows_checked": 0,  # of those, checked since (passed or failed)
+            "escrows_failed_later": 0,
         }
         self._nursery: trio.Nursery | None = None
         self._journal: OwnJournal | None = None
@@ -176,6 +193,10 @@ class LedgerNode:
         self._peer_holds: OrderedDict[str, int] = OrderedDict()  # peer id -> height of ours it holds
         self._claiming: set[str] = set()
         self.nonpayers: dict[str, int] = {}  # requester peer id -> refunds of jobs we had a receipt for
+        self.escrow_credit = escrow_credit  # see the module docstring; 0: every lock checked first
+        self._known_payers: OrderedDict[str, None] = OrderedDict()  # peer ids whose escrow we took
+        self._unchecked: dict[str, tuple[bytes, bytes, str, tuple[bytes, ...]]] = {}  # peer -> its lock
+        self._check_send, self._check_recv = trio.open_memory_channel[str](_MAX_UNCHECKED)
 
     # ------------------------------------------------------------------ lifetime
     @asynccontextmanager
@@ -250,6 +271,7 @@ class LedgerNode:
             async with trio.open_nursery() as n:
                 self._nursery = n
                 n.start_soon(self._claimer)
+                n.start_soon(self._checker)
                 n.start_soon(self._consume)
                 n.start_soon(self._persister)
                 n.start_soon(self._own_persister)
@@ -778,9 +800,12 @@ class LedgerNode:
                 self._peer_holds.popitem(last=False)
 
     async def accept_escrow(
-        self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str, chain: tuple[bytes, ...] = ()
+        self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str, chain: tuple[bytes, ...] = (),
+        must_be_open: bool = True,
     ) -> dict[str, Any]:
-        """Check the escrow lock that came with a request; returns the open escrow.
+        """Check the escrow lock that came with a request; returns the open escrow (with
+        ``must_be_open`` False: the escrow in whatever state it is now, for a lock checked after
+        the job, see ``check_later``).
 
         Raises:
             LedgerError: no valid lock for this job that names this node.
@@ -790,7 +815,7 @@ class LedgerNode:
         if offer.outcome is Outcome.HELD and offer.missing is not None:
             await self._fetch_chain(peer, *offer.missing)
             offer = self.ledger.offer(block)
-        return self._escrow_accepted(block, offer, job, peer)
+        return self._escrow_accepted(block, offer, job, peer, must_be_open=must_be_open)
 
     def accept_escrow_now(
         self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str, chain: tuple[bytes, ...] = ()
@@ -802,6 +827,62 @@ class LedgerNode:
         if offer.outcome is Outcome.HELD and offer.missing is not None:
             return None
         return self._escrow_accepted(block, offer, job, peer)
+
+    def trust_escrow_now(
+        self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str, chain: tuple[bytes, ...] = ()
+    ) -> dict[str, Any] | None:
+        """The escrow terms of a lock taken on trust (escrow credit, see the module docstring), or
+        None when this one must be checked first (``accept_escrow_now``): credit off, ``peer`` not
+        a known payer or with a lock still unchecked, a max pay over the credit, or a lock this
+        node already holds (checking that one costs nothing).  The caller answers the job, then
+        calls ``check_later(peer)`` (always: it also frees the peer's credit).
+
+        Raises:
+            LedgerError: no lock, or not an escrow_lock of this job by this requester naming us.
+        """
+        if (self.escrow_credit <= 0 or peer not in self._known_payers or peer in self._unchecked
+                or len(self._unchecked) >= _MAX_UNCHECKED):
+            return None
+        block = self._escrow_block(raw, requester_key_account, job)
+        max_pay = next((p.amount for p in block.payments if p.account == self.account), None)
+        if max_pay is None:
+            raise LedgerError("the escrow does not name this node as a worker")
+        if max_pay > self.escrow_credit or block.height <= self.ledger.height_of(block.account):
+            return None
+        self._unchecked[peer] = (raw, requester_key_account, job, chain)
+        self.stats["escrows_trusted"] += 1
+        return {"state": "open", "amount": block.amount, "deadline_ms": block.deadline_ms, "max_pay": max_pay}
+
+    def check_later(self, peer: str) -> None:
+        """Check ``peer``'s lock taken on trust, if any (call it once the job's answer is out)."""
+        if peer in self._unchecked:
+            self._check_send.send_nowait(peer)  # room: at most _MAX_UNCHECKED are ever unchecked
+
+    async def _checker(self) -> None:
+        """Check the locks taken on trust, as ``accept_escrow`` checks any lock."""
+        async for peer in self._check_recv:
+            item = self._unchecked.get(peer)
+            if item is None:
+                continue
+            raw, account, job, chain = item
+            try:
+                # (by now the requester may have settled it, or a later request brought the lock)
+                await self.accept_escrow(raw, requester_key_account=account, job=job, peer=peer, chain=chain,
+                                         must_be_open=False)
+            except (LedgerError, PeerError, RemoteProtocolError) as exc:
+                self._trust_failed(peer, job, exc)
+            finally:
+                self._unchecked.pop(peer, None)
+                self.stats["escrows_checked"] += 1
+                self._changed()
+
+    def _trust_failed(self, peer: str, job: str, exc: Exception) -> None:
+        self.stats["escrows_failed_later"] += 1
+        self._known_payers.pop(peer, None)
+        self._owed_to_me.pop(job, None)  # no escrow to claim from
+        self.nonpayers[peer] = self.nonpayers.get(peer, 0) + 1
+        log.warning("job=%s: the escrow lock of %s, taken on trust, failed its check after the answer: %s "
+                    "(it is checked first from now on)", job, peer, exc)
 
     @staticmethod
     def _escrow_block(raw: bytes, requester_key_account: bytes, job: str) -> Block:
@@ -839,17 +920,23 @@ class LedgerNode:
                     self._take_now(self.ledger.offer(prior_block), peer)
         return self.ledger.offer(block)
 
-    def _escrow_accepted(self, block: Block, offer: Offer, job: str, peer: str) -> dict[str, Any]:
+    def _escrow_accepted(self, block: Block, offer: Offer, job: str, peer: str, *,
+                         must_be_open: bool = True) -> dict[str, Any]:
         if offer.outcome in (Outcome.APPLIED, Outcome.HELD, Outcome.EQUIVOCATION):
             self._take_now(offer, peer)
         if offer.outcome not in (Outcome.APPLIED, Outcome.DUPLICATE):
             raise LedgerError(f"escrow lock not accepted: {offer.reason or offer.outcome.value}")
         terms = self.ledger.escrow_terms(block.account, job)
-        if terms is None or terms[0] != "open":
+        if terms is None or (must_be_open and terms[0] != "open"):
             raise LedgerError(f"escrow for {job} is {terms[0] if terms else 'missing'}")
         state, amount, deadline_ms, workers = terms
         if self.account not in workers:
             raise LedgerError("the escrow does not name this node as a worker")
+        if peer:
+            self._known_payers[peer] = None
+            self._known_payers.move_to_end(peer)
+            while len(self._known_payers) > _MAX_KNOWN_PAYERS:
+                self._known_payers.popitem(last=False)
         return {
             "state": state,
             "amount": amount,

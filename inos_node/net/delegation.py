@@ -99,6 +99,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[DelegateRun, str], Awaitable[DelegateResponse]]
 FastHandler = Callable[[DelegateRun, str], "DelegateResponse | None"]
+Answered = Callable[[DelegateRun, str], None]
 
 
 async def open_protocol_stream(host: Any, protocol: TProtocol, peer_id: str) -> Any:
@@ -180,6 +181,9 @@ class DelegationServer:
             ``HelloGate.admit``).
         fast: ``(run, peer_id) -> DelegateResponse | None``, synchronous: answers a request at
             once, or None to run ``handler`` in a task (rule 1a).  May raise like ``handler``.
+        answered: ``(run, peer_id) -> None``, synchronous: called once ``fast``'s answer is
+            written, or its write failed (work the handler put off until the requester has its
+            answer).  An exception it raises is logged.
         default_timeout_s: the deadline of a run whose ``deadline_unix_ms`` is 0.
         max_timeout_s: no job runs longer than this, whatever its deadline says.
     """
@@ -197,12 +201,14 @@ class DelegationServer:
         default_timeout_s: float = 300.0,
         max_timeout_s: float = 3600.0,
         fast: FastHandler | None = None,
+        answered: Answered | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent must be >= 1")
         self._host = host
         self._handler = handler
         self._fast = fast
+        self._answered = answered
         self._limiter = trio.CapacityLimiter(max_concurrent)
         self._max_frame = max_frame
         self._inbound = InboundStreams(
@@ -252,7 +258,11 @@ class DelegationServer:
                     run = dataclasses.replace(req, requester=peer_id)  # rule 6
                     if self._fast is not None and (response := self._answer_now(run, peer_id)) is not None:
                         self._accepted += 1
-                        await self._write(conn, response)
+                        try:
+                            await self._write(conn, response)
+                        finally:
+                            if self._answered is not None:
+                                self._after_answer(run, peer_id)
                         continue
                     token = object()
                     try:
@@ -295,6 +305,14 @@ class DelegationServer:
         if response is not None and response.request_id != run.request_id:
             response = dataclasses.replace(response, request_id=run.request_id)
         return response
+
+    def _after_answer(self, run: DelegateRun, peer_id: str) -> None:
+        assert self._answered is not None
+        try:
+            self._answered(run, peer_id)
+        except Exception as exc:  # noqa: BLE001 - rule 3: a handler bug fails its request only
+            log.warning("delegate: after answering request %d (job %s) from peer %s: %r",
+                        run.request_id, run.job.job_id, peer_id, exc)
 
     def _deadline_of(self, run: DelegateRun) -> float:
         now = trio.current_time()

@@ -255,6 +255,36 @@ async def test_the_fast_path_answers_at_once_and_hands_over_what_it_cannot():
         assert p.server.statistics().accepted == 5
 
 
+async def test_answered_follows_each_fast_answer_and_its_failures_stay_in_the_log(caplog):
+    """``answered`` runs after a fast answer is written (what the node puts off until the requester
+    has its answer: the check of an escrow taken on trust), never for the task path; if it raises,
+    the stream serves on."""
+    events: list[str] = []
+
+    def fast(run: DelegateRun, peer_id: str) -> DelegateResponse | None:
+        if run.job.method != "echo":
+            return None
+        events.append(f"fast:{run.job.job_id}")
+        return DelegateResponse(0, JobResult(run.job.job_id, Status.SUCCESS, bytes(run.job.input)))
+
+    def answered(run: DelegateRun, peer_id: str) -> None:
+        events.append(f"answered:{run.job.job_id}")
+        if run.job.job_id == "bad":
+            raise RuntimeError("after-answer work broke")
+
+    async with open_pair(fast=fast, answered=answered) as p:
+        r = await _run(p.client, p.peer, "echo", b"one", job_id="j1")
+        assert r.result.output == b"one"
+        r = await _run(p.client, p.peer, "upper", b"slow", job_id="j2")  # the task path: no answered
+        assert r.result.output == b"SLOW"
+        r = await _run(p.client, p.peer, "echo", b"two", job_id="bad")
+        assert r.result.output == b"two"
+        r = await _run(p.client, p.peer, "echo", b"three", job_id="j3")
+        assert r.result.output == b"three"
+    assert events == ["fast:j1", "answered:j1", "fast:bad", "answered:bad", "fast:j3", "answered:j3"]
+    assert "after-answer work broke" in caplog.text
+
+
 MAX_FRAME = 64 * 1024
 bad_frames = st.one_of(
     st.binary(max_size=40).map(lambda tail: b"\0\0\0\0" + tail),  # zero-length frame

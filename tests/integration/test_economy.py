@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -398,21 +399,34 @@ def test_paid_jobs_that_take_the_slow_path_are_paid_once(tmp_path):
         jobs = [SubmitRequest("compute.sha256", big, placement=f"peer:{b.peer_id}", timeout_s=30),
                 SubmitRequest("compute.brotli_compress", big[: 512 * 1024], placement=f"peer:{b.peer_id}",
                               timeout_s=30),
-                SubmitRequest("compute.blake3", b"small", placement=f"peer:{b.peer_id}", timeout_s=30)]
+                SubmitRequest("compute.blake3", b"small", placement=f"peer:{b.peer_id}", timeout_s=30),
+                SubmitRequest("compute.blake3", b"small 2", placement=f"peer:{b.peer_id}", timeout_s=30)]
         records = [ca.run(req) for req in jobs]
         for rec in records:
             assert rec.status == "success", rec.error
             assert rec.executor == b.peer_id and rec.settlement is not None and rec.cost > 0, rec
         assert records[0].output == hashlib.sha256(big).digest()
         history = [blk["type"] for blk in ca.history()["blocks"]]
-        assert history == ["escrow_lock", "settle"] * 3, history
+        assert history == ["escrow_lock", "settle"] * 4, history
         assert ca.balance()["escrow"] == 0
         spent = sum(rec.cost for rec in records)
         assert ca.balance()["balance"] == net.alloc - spent
         paid = sum(rec.settlement["paid"] for rec in records)
         wait_for(lambda: cb.balance()["balance"] == net.alloc + paid or None, 30, "the worker to hold its pay")
+        # the small jobs came from a requester b had checked already (the large ones): b took their
+        # locks on trust (--escrow-credit, default 100), answered, then checked them; all passed
+        credit = wait_for(lambda: (c := _escrow_credit(cb))["checked"] == c["trusted"] and c or None, 30,
+                          "b to check the locks it took on trust")
+        assert credit["trusted"] == 2 and credit["failed_later"] == 0, credit
         net.converge(["a", "b"])
         for name in ("a", "b"):
             net.check_ledger(name)
     finally:
         net.close()
+
+
+def _escrow_credit(client) -> dict[str, int]:
+    """The worker's ``inos_ledger_escrow_credit_total`` counters, from ``GET /metrics``."""
+    text = client.request("GET", "/metrics").body.decode()
+    found = re.findall(r'^inos_ledger_escrow_credit_total\{event="(\w+)"\} (\d+)', text, re.M)
+    return {event: int(value) for event, value in found}
