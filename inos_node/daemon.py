@@ -360,9 +360,10 @@ class NodeDaemon:
             )
             views = self.net.peer_views(req.capsule)
             plan = decider.decide(task, views)
-            self.book.update(job_id, status="running", executor=",".join(plan.executors))
             if escrow is not None and not escrow.block and any(t != decider.LOCAL for t in plan.executors):
                 await self._open_escrow(job_id, req, deadline, escrow, plan, views)
+            self.book.update(job_id, status="running", executor=",".join(plan.executors),
+                             escrow=escrow.amount if escrow is not None else 0)
             left_ms = max(1, int((deadline - trio.current_time()) * 1000))
             if req.replicas > 1:
                 await self._run_replicas(job_id, req, plan, left_ms, escrow)
@@ -618,7 +619,6 @@ class NodeDaemon:
         escrow.block = encode_block(block)
         escrow.lock = block
         escrow.amount = amount
-        self.book.update(job_id, status="running", escrow=amount)
 
     async def _settle(self, job_id: str, req: SubmitRequest, escrow: _Escrow,
                       paid: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:

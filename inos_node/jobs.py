@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from inos_node.api.service import JobRecord
+from inos_node.api.service import FINISHED_STATUSES, JobRecord
 
 __all__ = ["JobBook"]
 
@@ -44,24 +44,27 @@ class JobBook:
         while len(self._records) > self._keep:
             old, _ = self._records.popitem(last=False)
             self._done.pop(old, None)
-        self.emit({"type": "submitted", "job_id": job_id, "capsule": capsule})
+        if self._subs:
+            self.emit({"type": "submitted", "job_id": job_id, "capsule": capsule})
         return rec
 
     def update(self, job_id: str, **changes: Any) -> JobRecord | None:
         rec = self._records.get(job_id)
         if rec is None:
             return None
+        if changes.get("status", rec.status) in FINISHED_STATUSES and not changes.get("finished_ms",
+                                                                                      rec.finished_ms):
+            changes["finished_ms"] = _now_ms()
         rec = replace(rec, **changes)
         self._records[job_id] = rec
         if rec.finished:
-            rec = replace(rec, finished_ms=rec.finished_ms or _now_ms())
-            self._records[job_id] = rec
             self._done[job_id].set()
-            self.emit({"type": "finished", "job_id": job_id, "status": rec.status, "executor": rec.executor,
-                       "cost": rec.cost, "error": rec.error,
-                       "latency_ms": (rec.finished_ms or 0) - rec.submitted_ms,
-                       "verified": rec.receipt is not None})
-        else:
+            if self._subs:
+                self.emit({"type": "finished", "job_id": job_id, "status": rec.status, "executor": rec.executor,
+                           "cost": rec.cost, "error": rec.error,
+                           "latency_ms": (rec.finished_ms or 0) - rec.submitted_ms,
+                           "verified": rec.receipt is not None})
+        elif self._subs:
             self.emit({"type": rec.status, "job_id": job_id, "executor": rec.executor})
         return rec
 
@@ -79,6 +82,8 @@ class JobBook:
         return self._records[job_id]
 
     def emit(self, event: dict[str, Any]) -> None:
+        if not self._subs:
+            return
         event.setdefault("ts_ms", _now_ms())
         for send in list(self._subs):
             try:
