@@ -800,12 +800,9 @@ class LedgerNode:
                 self._peer_holds.popitem(last=False)
 
     async def accept_escrow(
-        self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str, chain: tuple[bytes, ...] = (),
-        must_be_open: bool = True,
+        self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str, chain: tuple[bytes, ...] = ()
     ) -> dict[str, Any]:
-        """Check the escrow lock that came with a request; returns the open escrow (with
-        ``must_be_open`` False: the escrow in whatever state it is now, for a lock checked after
-        the job, see ``check_later``).
+        """Check the escrow lock that came with a request; returns the open escrow.
 
         Raises:
             LedgerError: no valid lock for this job that names this node.
@@ -815,7 +812,7 @@ class LedgerNode:
         if offer.outcome is Outcome.HELD and offer.missing is not None:
             await self._fetch_chain(peer, *offer.missing)
             offer = self.ledger.offer(block)
-        return self._escrow_accepted(block, offer, job, peer, must_be_open=must_be_open)
+        return self._escrow_accepted(block, offer, job, peer)
 
     def accept_escrow_now(
         self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str, chain: tuple[bytes, ...] = ()
@@ -864,25 +861,49 @@ class LedgerNode:
             item = self._unchecked.get(peer)
             if item is None:
                 continue
-            raw, account, job, chain = item
             try:
-                # (by now the requester may have settled it, or a later request brought the lock)
-                await self.accept_escrow(raw, requester_key_account=account, job=job, peer=peer, chain=chain,
-                                         must_be_open=False)
-            except (LedgerError, PeerError, RemoteProtocolError) as exc:
-                self._trust_failed(peer, job, exc)
+                await self._check_trusted(peer, *item)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not take the ledger down
+                self._trust_lapsed(peer, item[2], f"the check broke: {exc!r}")
             finally:
                 self._unchecked.pop(peer, None)
                 self.stats["escrows_checked"] += 1
                 self._changed()
 
+    async def _check_trusted(self, peer: str, raw: bytes, account: bytes, job: str,
+                             chain: tuple[bytes, ...]) -> None:
+        """The check ``accept_escrow`` makes, on a lock already answered: it asks whether the
+        lock is valid and names us, not whether it is still open (the requester may have settled
+        it since, and its next request may have brought the lock first)."""
+        try:
+            block = self._escrow_block(raw, account, job)
+            offer = self._offer_escrow(block, chain, peer)
+            if offer.outcome is Outcome.HELD and offer.missing is not None:
+                await self._fetch_chain(peer, *offer.missing)
+                offer = self.ledger.offer(block)
+            if offer.outcome is Outcome.HELD:  # its predecessors could not be had (yet): no verdict
+                self._take_now(offer, peer)
+                self._trust_lapsed(peer, job, offer.reason or "held")
+                return
+            self._escrow_accepted(block, offer, job, peer, must_be_open=False)
+        except (LedgerError, RemoteProtocolError) as exc:
+            self._trust_failed(peer, job, exc)
+
     def _trust_failed(self, peer: str, job: str, exc: Exception) -> None:
+        """A lock taken on trust is invalid: it never entered the ledger, so no credit moved."""
         self.stats["escrows_failed_later"] += 1
         self._known_payers.pop(peer, None)
         self._owed_to_me.pop(job, None)  # no escrow to claim from
         self.nonpayers[peer] = self.nonpayers.get(peer, 0) + 1
         log.warning("job=%s: the escrow lock of %s, taken on trust, failed its check after the answer: %s "
-                    "(it is checked first from now on)", job, peer, exc)
+                    "(a non-payment; its locks are checked first from now on)", job, peer, exc)
+
+    def _trust_lapsed(self, peer: str, job: str, why: str) -> None:
+        """No verdict on a lock taken on trust (its earlier blocks could not be fetched): not
+        counted against the requester, but its next locks are checked first."""
+        self._known_payers.pop(peer, None)
+        log.info("job=%s: the escrow lock of %s, taken on trust, could not be checked yet (%s); its locks "
+                 "are checked first from now on", job, peer, why)
 
     @staticmethod
     def _escrow_block(raw: bytes, requester_key_account: bytes, job: str) -> Block:

@@ -164,3 +164,23 @@ async def test_a_lock_settled_or_refunded_before_its_check_passes_it(tmp_path: P
         assert node.stats["escrows_failed_later"] == 0
         assert _trust(node, req.lock("job-3")) is not None, "still a known payer"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_lock_whose_earlier_blocks_cannot_be_had_gets_no_verdict_and_no_more_trust(tmp_path: Path):
+    """Checked after the answer, a lock may wait for blocks the worker cannot fetch (the requester
+    went away): that proves nothing against the requester (no non-payment), but its next locks are
+    checked first."""
+    genesis = _network()
+    req = Requester(genesis)
+    node = LedgerNode(genesis, WORKER, tmp_path, escrow_credit=10)  # not attached: no peer to fetch from
+    async with node.open(), trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        assert _accept(node, req.lock("job-1")) is not None
+        req.refund("job-1")  # height 2: never sent to the worker
+        lock = req.lock("job-2")
+        assert _trust(node, lock) is not None
+        await _checked(node)
+        assert node.stats["escrows_failed_later"] == 0 and PEER not in node.nonpayers
+        assert node.ledger.height_of(ACCOUNT) == 1, "the lock waits for height 2"
+        assert _trust(node, req.lock("job-3")) is None, "checked first from now on"
+        nursery.cancel_scope.cancel()
