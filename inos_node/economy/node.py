@@ -197,6 +197,7 @@ class LedgerNode:
         self._known_payers: OrderedDict[str, None] = OrderedDict()  # peer ids whose escrow we took
         self._unchecked: dict[str, tuple[bytes, bytes, str, tuple[bytes, ...]]] = {}  # peer -> its lock
         self._check_send, self._check_recv = trio.open_memory_channel[str](_MAX_UNCHECKED)
+        self._check_queued: set[str] = set()  # peers in the check queue (once each: it never fills)
 
     # ------------------------------------------------------------------ lifetime
     @asynccontextmanager
@@ -852,12 +853,14 @@ class LedgerNode:
 
     def check_later(self, peer: str) -> None:
         """Check ``peer``'s lock taken on trust, if any (call it once the job's answer is out)."""
-        if peer in self._unchecked:
+        if peer in self._unchecked and peer not in self._check_queued:
+            self._check_queued.add(peer)
             self._check_send.send_nowait(peer)  # room: at most _MAX_UNCHECKED are ever unchecked
 
     async def _checker(self) -> None:
         """Check the locks taken on trust, as ``accept_escrow`` checks any lock."""
         async for peer in self._check_recv:
+            self._check_queued.discard(peer)
             item = self._unchecked.get(peer)
             if item is None:
                 continue
