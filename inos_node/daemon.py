@@ -296,24 +296,19 @@ class NodeDaemon:
             await self._run_job_limited(job_id, req)
 
     async def _run_job_limited(self, job_id: str, req: SubmitRequest) -> None:
-        try:  # a free slot is taken without a scheduler round (the job checkpoints soon enough)
-            self._job_limiter.acquire_nowait()
-        except trio.WouldBlock:
-            await self._job_limiter.acquire()
-        timeout = req.timeout_s or self.config.default_timeout_s
-        deadline = trio.current_time() + timeout
-        try:
-            with trio.fail_after(timeout):
-                await self._run_job_within(job_id, req, deadline)
-        except trio.TooSlowError:
-            self.book.update(job_id, status=Status.TIMEOUT.value,
-                             error=f"{req.capsule} did not finish within {timeout:g} s on any executor")
-        except InosError as exc:
-            status = getattr(exc, "status", Status.FAILED.value)
-            self.book.update(job_id, status=status if isinstance(status, str) else Status.FAILED.value,
-                             error=str(exc))
-        finally:
-            self._job_limiter.release()
+        async with self._job_limiter:
+            timeout = req.timeout_s or self.config.default_timeout_s
+            deadline = trio.current_time() + timeout
+            try:
+                with trio.fail_after(timeout):
+                    await self._run_job_within(job_id, req, deadline)
+            except trio.TooSlowError:
+                self.book.update(job_id, status=Status.TIMEOUT.value,
+                                 error=f"{req.capsule} did not finish within {timeout:g} s on any executor")
+            except InosError as exc:
+                status = getattr(exc, "status", Status.FAILED.value)
+                self.book.update(job_id, status=status if isinstance(status, str) else Status.FAILED.value,
+                                 error=str(exc))
 
     def _job_request(self, job_id: str, req: SubmitRequest, deadline_ms: int) -> JobRequest:
         payload: Any = Digest(req.input_digest) if req.input_digest is not None else req.input
