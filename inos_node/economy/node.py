@@ -192,7 +192,9 @@ class LedgerNode:
         self._owed_to_me: OrderedDict[str, tuple[str, bytes, bytes, int]] = OrderedDict()  # job -> claim
         self._peer_holds: OrderedDict[str, int] = OrderedDict()  # peer id -> height of ours it holds
         self._claiming: set[str] = set()
-        self.nonpayers: dict[str, int] = {}  # requester peer id -> refunds of jobs we had a receipt for
+        # requester peer id -> jobs we delivered and will not be paid for: refunded although we held a
+        # receipt, or answered on a lock taken on trust that failed its check
+        self.nonpayers: dict[str, int] = {}
         self.escrow_credit = escrow_credit  # see the module docstring; 0: every lock checked first
         self._known_payers: OrderedDict[str, None] = OrderedDict()  # peer ids whose escrow we took
         self._unchecked: dict[str, tuple[bytes, bytes, str, tuple[bytes, ...]]] = {}  # peer -> its lock
