@@ -585,7 +585,8 @@ class NodeDaemon:
                            plan: decider.Plan, peer_views: list[decider.PeerView]) -> None:
         """Lock the job's price in escrow before any capsule leaves, payable to the candidate peers
         (the plan's executors, then its fallbacks: ``replicas`` + 2 of them, for a retry or a
-        tie-breaker), each up to its advertised price x the job's billable units, plus the
+        tie-breaker; a job pinned with ``peer:`` names that peer only, as it runs nowhere else),
+        each up to its advertised price x the job's billable units, plus the
         protocol fee on all of it (the ledger insists: a settle can always pay every named
         worker).  What is not paid out is refunded when the job settles."""
         from inos_node.economy.model import MAX_PAYMENTS
@@ -596,7 +597,8 @@ class NodeDaemon:
         units = self._cost_units(req)
         views = {v.peer_id: v for v in peer_views}  # what the plan was made from
         order = [t for t in (*plan.executors, *plan.fallbacks) if t != decider.LOCAL]
-        order += [p for p in sorted(views) if p not in order]
+        if not req.placement.startswith("peer:"):  # a pinned job runs there or nowhere: no spares
+            order += [p for p in sorted(views) if p not in order]
         workers: list[tuple[bytes, int]] = []
         for peer in order[:min(MAX_PAYMENTS, req.replicas + 2)]:
             price = views[peer].price_per_unit if peer in views else 1

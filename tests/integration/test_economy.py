@@ -430,3 +430,21 @@ def _escrow_credit(client) -> dict[str, int]:
     text = client.request("GET", "/metrics").body.decode()
     found = re.findall(r'^inos_ledger_escrow_credit_total\{event="(\w+)"\} (\d+)', text, re.M)
     return {event: int(value) for event, value in found}
+
+
+def test_a_job_pinned_to_one_peer_locks_only_that_peers_price(tmp_path):
+    """``--peer B`` pins the executor (no retry elsewhere), so the escrow names B alone: a budget
+    that covers B's price and the fee is enough, however many other peers serve the capsule."""
+    net = EcoNet(tmp_path, ["a", "b", "c"], alloc=100_000)
+    try:
+        a = net.start("a")
+        b, c = net.start_many(["b", "c"], bootstrap=["a"])
+        ca = a.client()
+        assert ca.wait_peers(serving="system.echo", count=2, timeout_s=30)
+        rec = ca.run(SubmitRequest("system.echo", b"pinned", placement=f"peer:{b.peer_id}", budget=2, timeout_s=30))
+        assert rec.status == "success", rec.error
+        assert rec.executor == b.peer_id and rec.escrow == 2 and rec.cost == 2, rec
+        locks = [blk for blk in ca.history()["blocks"] if blk["type"] == "escrow_lock"]
+        assert [p["did"] for p in locks[-1]["payments"]] == [b.client().balance()["did"]], locks[-1]
+    finally:
+        net.close()
