@@ -353,12 +353,14 @@ class NodeDaemon:
         excluded: set[str] = set()
         attempts: list[str] = []
         while True:
+            views = self.net.peer_views(req.capsule)
+            if escrow is not None and escrow.block:  # a retry goes only to a worker the lock names
+                excluded.update(v.peer_id for v in views if v.peer_id not in escrow.max_pay)
             task = decider.Task(
                 capsule=req.capsule, cost_units=self._cost_units(req), placement=placement,
                 prefer=req.prefer or self.config.prefer, replicas=req.replicas, budget=req.budget,
                 served_locally=served, local_load=self._local_load(), exclude=frozenset(excluded),
             )
-            views = self.net.peer_views(req.capsule)
             plan = decider.decide(task, views)
             if escrow is not None and not escrow.block and any(t != decider.LOCAL for t in plan.executors):
                 await self._open_escrow(job_id, req, deadline, escrow, plan, views)
@@ -585,8 +587,9 @@ class NodeDaemon:
                            plan: decider.Plan, peer_views: list[decider.PeerView]) -> None:
         """Lock the job's price in escrow before any capsule leaves, payable to the candidate peers
         (the plan's executors, then its fallbacks: ``replicas`` + 2 of them, for a retry or a
-        tie-breaker; a job pinned with ``peer:`` names that peer only, as it runs nowhere else),
-        each up to its advertised price x the job's billable units, plus the
+        tie-breaker; a job pinned with ``peer:`` names that peer only, as it runs nowhere else;
+        with a budget, the spares it cannot cover are left out), each up to its advertised price
+        x the job's billable units, plus the
         protocol fee on all of it (the ledger insists: a settle can always pay every named
         worker).  What is not paid out is refunded when the job settles."""
         from inos_node.economy.model import MAX_PAYMENTS
@@ -599,12 +602,16 @@ class NodeDaemon:
         order = [t for t in (*plan.executors, *plan.fallbacks) if t != decider.LOCAL]
         if not req.placement.startswith("peer:"):  # a pinned job runs there or nowhere: no spares
             order += [p for p in sorted(views) if p not in order]
+        required = sum(1 for t in plan.executors if t != decider.LOCAL)
         workers: list[tuple[bytes, int]] = []
-        for peer in order[:min(MAX_PAYMENTS, req.replicas + 2)]:
-            price = views[peer].price_per_unit if peer in views else 1
-            escrow.max_pay[peer] = price * units
+        for i, peer in enumerate(order[:min(MAX_PAYMENTS, req.replicas + 2)]):
+            max_pay = (views[peer].price_per_unit if peer in views else 1) * units
+            if i >= required and req.budget and \
+                    self.economy.lock_amount([m for _, m in workers] + [max_pay]) > req.budget:
+                continue  # a spare the budget cannot cover is left out (it is then not asked to run the job)
+            escrow.max_pay[peer] = max_pay
             escrow.account[peer] = account_of_peer(peer)
-            workers.append((escrow.account[peer], escrow.max_pay[peer]))
+            workers.append((escrow.account[peer], max_pay))
         amount = self.economy.lock_amount([m for _, m in workers])
         if req.budget and amount > req.budget:
             raise BudgetExceeded(f"the escrow for {req.capsule} needs {amount} credits ({units} unit(s) at up to "

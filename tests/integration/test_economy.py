@@ -432,9 +432,11 @@ def _escrow_credit(client) -> dict[str, int]:
     return {event: int(value) for event, value in found}
 
 
-def test_a_job_pinned_to_one_peer_locks_only_that_peers_price(tmp_path):
-    """``--peer B`` pins the executor (no retry elsewhere), so the escrow names B alone: a budget
-    that covers B's price and the fee is enough, however many other peers serve the capsule."""
+def test_a_budget_that_covers_the_executor_is_enough_whatever_the_spares(tmp_path):
+    """``--peer B`` pins the executor (no retry elsewhere), so the escrow names B alone; an unpinned
+    job's lock names spare workers (for a retry or a tie-breaker) only as far as its budget goes.
+    Either way a budget that covers one worker's price and the fee is enough, however many other
+    peers serve the capsule."""
     net = EcoNet(tmp_path, ["a", "b", "c"], alloc=100_000)
     try:
         a = net.start("a")
@@ -446,5 +448,15 @@ def test_a_job_pinned_to_one_peer_locks_only_that_peers_price(tmp_path):
         assert rec.executor == b.peer_id and rec.escrow == 2 and rec.cost == 2, rec
         locks = [blk for blk in ca.history()["blocks"] if blk["type"] == "escrow_lock"]
         assert [p["did"] for p in locks[-1]["payments"]] == [b.client().balance()["did"]], locks[-1]
+        # unpinned: the spare (the other peer) would need 2 credits more; the budget leaves it out
+        rec = ca.run(SubmitRequest("system.echo", b"anywhere", placement="remote", budget=2, timeout_s=30))
+        assert rec.status == "success", rec.error
+        assert rec.executor in (b.peer_id, c.peer_id) and rec.escrow == 2 and rec.cost == 2, rec
+        locks = [blk for blk in ca.history()["blocks"] if blk["type"] == "escrow_lock"]
+        assert len(locks[-1]["payments"]) == 1, locks[-1]
+        rec = ca.run(SubmitRequest("system.echo", b"with spare", placement="remote", budget=3, timeout_s=30))
+        assert rec.status == "success" and rec.escrow == 3 and rec.cost == 2, rec  # room for the spare: named
+        locks = [blk for blk in ca.history()["blocks"] if blk["type"] == "escrow_lock"]
+        assert len(locks[-1]["payments"]) == 2, locks[-1]
     finally:
         net.close()
