@@ -373,7 +373,9 @@ class NodeDaemon:
             target = plan.executors[0]
             method = self.local.engine._methods.get(req.capsule)
             hedge = (target != decider.LOCAL and plan.fallbacks and not req.placement.startswith("peer:")
-                     and method is not None and method.deterministic and self.config.hedge_after > 0)
+                     and method is not None and method.deterministic and self.config.hedge_after > 0
+                     and (escrow is None or plan.fallbacks[0] in escrow.max_pay  # a backup must be paid
+                          or plan.fallbacks[0] == decider.LOCAL))
             try:
                 if hedge:
                     target, rec = await self._run_hedged(job_id, req, target, plan.fallbacks[0], left_ms,
@@ -483,7 +485,8 @@ class NodeDaemon:
                 n.start_soon(one, target)
         groups = self._digest_groups(results)
         if len(groups) > 1:  # a disagreement: one more execution breaks the tie
-            spare = [t for t in plan.fallbacks if t not in results]
+            spare = [t for t in plan.fallbacks if t not in results  # (a peer must be named in the lock)
+                     and (escrow is None or t == decider.LOCAL or t in escrow.max_pay)]
             if not spare and req.capsule in self.local.engine._methods and decider.LOCAL not in results:
                 spare = [decider.LOCAL]
             if spare:
