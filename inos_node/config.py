@@ -92,11 +92,14 @@ class Setting:
     def expected(self) -> str:
         if self.choices:
             return "one of " + ", ".join(self.choices)
+        def show(x: float) -> str:  # an int bound as written (10**12, not 1e+12)
+            return str(x) if isinstance(x, int) else f"{x:g}"
+
         bounds = ""
         if self.minimum is not None and self.maximum is not None:
-            bounds = f" in [{self.minimum:g}, {self.maximum:g}]"
+            bounds = f" in [{show(self.minimum)}, {show(self.maximum)}]"
         elif self.minimum is not None:
-            bounds = f" >= {self.minimum:g}"
+            bounds = f" >= {show(self.minimum)}"
         return {"int": "an integer", "float": "a number", "bool": "true or false", "path": "a file path",
                 "list": "a list of strings (env: comma-separated)", "str": "a string"}[self.kind] + bounds
 
