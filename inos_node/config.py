@@ -92,14 +92,11 @@ class Setting:
     def expected(self) -> str:
         if self.choices:
             return "one of " + ", ".join(self.choices)
-        def show(x: float) -> str:  # an int bound as written (10**12, not 1e+12)
-            return str(x) if isinstance(x, int) else f"{x:g}"
-
         bounds = ""
         if self.minimum is not None and self.maximum is not None:
-            bounds = f" in [{show(self.minimum)}, {show(self.maximum)}]"
+            bounds = f" in [{_bound(self.minimum)}, {_bound(self.maximum)}]"
         elif self.minimum is not None:
-            bounds = f" >= {show(self.minimum)}"
+            bounds = f" >= {_bound(self.minimum)}"
         return {"int": "an integer", "float": "a number", "bool": "true or false", "path": "a file path",
                 "list": "a list of strings (env: comma-separated)", "str": "a string"}[self.kind] + bounds
 
@@ -187,6 +184,11 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     out = {s.key: ns.get(_DEST + s.key) for s in SETTINGS}
     out["config"] = ns.get(_DEST + "config")
     return out
+
+
+def _bound(x: float) -> str:
+    """A setting's bound as written: an int in digits (10**12, not 1e+12), a float short."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _show(s: Setting, value: Any) -> str:

@@ -355,7 +355,7 @@ class NodeDaemon:
         while True:
             views = self.net.peer_views(req.capsule)
             if escrow is not None and escrow.block:  # a retry goes only to a worker the lock names
-                excluded.update(v.peer_id for v in views if v.peer_id not in escrow.max_pay)
+                excluded.update(v.peer_id for v in views if not escrow.pays(v.peer_id))
             task = decider.Task(
                 capsule=req.capsule, cost_units=self._cost_units(req), placement=placement,
                 prefer=req.prefer or self.config.prefer, replicas=req.replicas, budget=req.budget,
@@ -374,8 +374,7 @@ class NodeDaemon:
             method = self.local.engine._methods.get(req.capsule)
             hedge = (target != decider.LOCAL and plan.fallbacks and not req.placement.startswith("peer:")
                      and method is not None and method.deterministic and self.config.hedge_after > 0
-                     and (escrow is None or plan.fallbacks[0] in escrow.max_pay  # a backup must be paid
-                          or plan.fallbacks[0] == decider.LOCAL))
+                     and (escrow is None or escrow.pays(plan.fallbacks[0])))
             try:
                 if hedge:
                     target, rec = await self._run_hedged(job_id, req, target, plan.fallbacks[0], left_ms,
@@ -485,8 +484,7 @@ class NodeDaemon:
                 n.start_soon(one, target)
         groups = self._digest_groups(results)
         if len(groups) > 1:  # a disagreement: one more execution breaks the tie
-            spare = [t for t in plan.fallbacks if t not in results  # (a peer must be named in the lock)
-                     and (escrow is None or t == decider.LOCAL or t in escrow.max_pay)]
+            spare = [t for t in plan.fallbacks if t not in results and (escrow is None or escrow.pays(t))]
             if not spare and req.capsule in self.local.engine._methods and decider.LOCAL not in results:
                 spare = [decider.LOCAL]
             if spare:
@@ -697,6 +695,11 @@ class _Escrow:
     settled: bool = False
     max_pay: dict[str, int] = field(default_factory=dict)  # peer id -> max pay
     account: dict[str, bytes] = field(default_factory=dict)  # peer id -> account id
+
+    def pays(self, target: str) -> bool:
+        """Whether ``target`` may run the job: this node (free), or a peer the lock names (a peer
+        it does not name would refuse the job as unpaid)."""
+        return target == decider.LOCAL or target in self.max_pay
 
 
 def _public(rec: dict[str, Any]) -> dict[str, Any]:

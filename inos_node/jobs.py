@@ -44,8 +44,7 @@ class JobBook:
         while len(self._records) > self._keep:
             old, _ = self._records.popitem(last=False)
             self._done.pop(old, None)
-        if self._subs:
-            self.emit({"type": "submitted", "job_id": job_id, "capsule": capsule})
+        self.emit({"type": "submitted", "job_id": job_id, "capsule": capsule})
         return rec
 
     def update(self, job_id: str, **changes: Any) -> JobRecord | None:
@@ -59,12 +58,11 @@ class JobBook:
         self._records[job_id] = rec
         if rec.finished:
             self._done[job_id].set()
-            if self._subs:
-                self.emit({"type": "finished", "job_id": job_id, "status": rec.status, "executor": rec.executor,
-                           "cost": rec.cost, "error": rec.error,
-                           "latency_ms": (rec.finished_ms or 0) - rec.submitted_ms,
-                           "verified": rec.receipt is not None})
-        elif self._subs:
+            self.emit({"type": "finished", "job_id": job_id, "status": rec.status, "executor": rec.executor,
+                       "cost": rec.cost, "error": rec.error,
+                       "latency_ms": (rec.finished_ms or 0) - rec.submitted_ms,
+                       "verified": rec.receipt is not None})
+        else:
             self.emit({"type": rec.status, "job_id": job_id, "executor": rec.executor})
         return rec
 
@@ -82,7 +80,7 @@ class JobBook:
         return self._records[job_id]
 
     def emit(self, event: dict[str, Any]) -> None:
-        if not self._subs:
+        if not self._subs:  # nobody listens (the common case): not even a timestamp
             return
         event.setdefault("ts_ms", _now_ms())
         for send in list(self._subs):

@@ -810,12 +810,18 @@ class LedgerNode:
         Raises:
             LedgerError: no valid lock for this job that names this node.
         """
-        block = self._escrow_block(raw, requester_key_account, job)
+        block, offer = await self._offer_lock(raw, requester_key_account, job, peer, chain)
+        return self._escrow_accepted(block, offer, job, peer)
+
+    async def _offer_lock(self, raw: bytes, account: bytes, job: str, peer: str,
+                          chain: tuple[bytes, ...]) -> tuple[Block, Offer]:
+        """Decode and offer a lock (after its chain), fetching from ``peer`` what it waits for."""
+        block = self._escrow_block(raw, account, job)
         offer = self._offer_escrow(block, chain, peer)
         if offer.outcome is Outcome.HELD and offer.missing is not None:
             await self._fetch_chain(peer, *offer.missing)
             offer = self.ledger.offer(block)
-        return self._escrow_accepted(block, offer, job, peer)
+        return block, offer
 
     def accept_escrow_now(
         self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str, chain: tuple[bytes, ...] = ()
@@ -881,11 +887,7 @@ class LedgerNode:
         lock is valid and names us, not whether it is still open (the requester may have settled
         it since, and its next request may have brought the lock first)."""
         try:
-            block = self._escrow_block(raw, account, job)
-            offer = self._offer_escrow(block, chain, peer)
-            if offer.outcome is Outcome.HELD and offer.missing is not None:
-                await self._fetch_chain(peer, *offer.missing)
-                offer = self.ledger.offer(block)
+            block, offer = await self._offer_lock(raw, account, job, peer, chain)
             if offer.outcome is Outcome.HELD:  # its predecessors could not be had (yet): no verdict
                 self._take_now(offer, peer)
                 self._trust_lapsed(peer, job, offer.reason or "held")

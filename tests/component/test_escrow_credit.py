@@ -6,6 +6,8 @@ ledger never holds it."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,23 @@ def _accept(node: LedgerNode, block: Block) -> dict | None:
     return node.accept_escrow_now(encode_block(block), requester_key_account=ACCOUNT, job=block.job, peer=PEER)
 
 
+@asynccontextmanager
+async def _worker(tmp_path: Path, credit: int = 10) -> AsyncIterator[tuple[LedgerNode, Requester]]:
+    """A running worker (WORKER, ``escrow_credit=credit``) that has checked and taken ME's first
+    lock (job-1): ME is a known payer (with credit 0 that changes nothing).  Yields (the worker,
+    ME's side)."""
+    genesis = _network()
+    req = Requester(genesis)
+    node = LedgerNode(genesis, WORKER, tmp_path, escrow_credit=credit)
+    async with node.open(), trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        first = req.lock("job-1")
+        assert _trust(node, first) is None, "a requester never checked before is checked first"
+        assert _accept(node, first)["state"] == "open"
+        yield node, req
+        nursery.cancel_scope.cancel()
+
+
 async def _checked(node: LedgerNode) -> None:
     """Run the check of PEER's lock taken on trust, and wait for its verdict."""
     node.check_later(PEER)
@@ -77,15 +96,7 @@ async def _checked(node: LedgerNode) -> None:
 
 
 async def test_a_known_payer_is_answered_before_its_lock_is_checked_and_the_check_follows(tmp_path: Path):
-    genesis = _network()
-    req = Requester(genesis)
-    node = LedgerNode(genesis, WORKER, tmp_path, escrow_credit=10)
-    async with node.open(), trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        first = req.lock("job-1")
-        assert _trust(node, first) is None, "a requester never checked before is checked first"
-        assert _accept(node, first)["state"] == "open"
-
+    async with _worker(tmp_path) as (node, req):
         second = req.lock("job-2")
         terms = _trust(node, second)
         assert terms == {"state": "open", "amount": second.amount, "deadline_ms": 2**40, "max_pay": 1}
@@ -103,27 +114,15 @@ async def test_a_known_payer_is_answered_before_its_lock_is_checked_and_the_chec
         await _checked(node)
         with pytest.raises(LedgerError, match="does not name this node"):
             _trust(node, req.lock("job-5", worker=OTHER))
-        nursery.cancel_scope.cancel()
 
 
 async def test_without_credit_every_lock_is_checked_first(tmp_path: Path):
-    genesis = _network()
-    req = Requester(genesis)
-    node = LedgerNode(genesis, WORKER, tmp_path)  # escrow_credit=0, the LedgerNode default
-    async with node.open(), trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        assert _accept(node, req.lock("job-1")) is not None
+    async with _worker(tmp_path, credit=0) as (node, req):
         assert _trust(node, req.lock("job-2")) is None
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_lock_that_fails_its_check_costs_the_requester_its_trust(tmp_path: Path):
-    genesis = _network()
-    req = Requester(genesis)
-    node = LedgerNode(genesis, WORKER, tmp_path, escrow_credit=10)
-    async with node.open(), trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        assert _accept(node, req.lock("job-1")) is not None
+    async with _worker(tmp_path) as (node, req):
         supply = node.supply()
         real = req.lock("job-2")
         assert _trust(node, _forged(real)) is not None  # answered on trust...
@@ -139,19 +138,13 @@ async def test_a_lock_that_fails_its_check_costs_the_requester_its_trust(tmp_pat
         assert "job-2" not in node._owed_to_me, "no claim on an escrow that does not exist"
         assert _trust(node, real) is None, "no longer trusted: the real lock is checked first"
         assert _accept(node, real)["state"] == "open"
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_lock_settled_or_refunded_before_its_check_passes_it(tmp_path: Path):
     """By the time the check runs, the lock may be in the ledger already and closed (the requester
     refunded or settled it, and its next request or gossip brought those blocks first): the
     check asks whether the lock is valid, not whether it is still open."""
-    genesis = _network()
-    req = Requester(genesis)
-    node = LedgerNode(genesis, WORKER, tmp_path, escrow_credit=10)
-    async with node.open(), trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        assert _accept(node, req.lock("job-1")) is not None
+    async with _worker(tmp_path) as (node, req):
         lock = req.lock("job-2")
         assert _trust(node, lock) is not None
         refund = req.refund("job-2")
@@ -163,19 +156,13 @@ async def test_a_lock_settled_or_refunded_before_its_check_passes_it(tmp_path: P
         await _checked(node)
         assert node.stats["escrows_failed_later"] == 0
         assert _trust(node, req.lock("job-3")) is not None, "still a known payer"
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_lock_whose_earlier_blocks_cannot_be_had_gets_no_verdict_and_no_more_trust(tmp_path: Path):
     """Checked after the answer, a lock may wait for blocks the worker cannot fetch (the requester
     went away): that proves nothing against the requester (no non-payment), but its next locks are
     checked first."""
-    genesis = _network()
-    req = Requester(genesis)
-    node = LedgerNode(genesis, WORKER, tmp_path, escrow_credit=10)  # not attached: no peer to fetch from
-    async with node.open(), trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        assert _accept(node, req.lock("job-1")) is not None
+    async with _worker(tmp_path) as (node, req):  # not attached: no peer to fetch from
         req.refund("job-1")  # height 2: never sent to the worker
         lock = req.lock("job-2")
         assert _trust(node, lock) is not None
@@ -183,4 +170,3 @@ async def test_a_lock_whose_earlier_blocks_cannot_be_had_gets_no_verdict_and_no_
         assert node.stats["escrows_failed_later"] == 0 and PEER not in node.nonpayers
         assert node.ledger.height_of(ACCOUNT) == 1, "the lock waits for height 2"
         assert _trust(node, req.lock("job-3")) is None, "checked first from now on"
-        nursery.cancel_scope.cancel()
