@@ -174,6 +174,11 @@ def finish(m: Any, what: str, max_bytes: int) -> bytes:
     return out
 
 
+def traversal_words(data: bytes | memoryview, extra: int = 1024) -> int:
+    """The traversal limit a decoder reads ``data`` under: 4 x its words, plus ``extra``."""
+    return len(data) // _WORD * 4 + extra
+
+
 def decode_struct(
     struct_type: Any,
     data: bytes | memoryview,
@@ -193,7 +198,7 @@ def decode_struct(
     try:
         with struct_type.from_bytes(
             data,
-            traversal_limit_in_words=len(data) // _WORD * 4 + traversal_extra,
+            traversal_limit_in_words=traversal_words(data, traversal_extra),
             nesting_limit=nesting_limit,
         ) as r:
             return read(r)

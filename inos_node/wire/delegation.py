@@ -19,6 +19,7 @@ The two unions of the schema are unions of dataclasses here:
 from __future__ import annotations
 
 import functools
+import logging
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -26,8 +27,8 @@ from typing import Any
 
 from inos_node.errors import LocalProtocolError, RemoteProtocolError
 from inos_node.types import JobRequest, JobResult, Metrics
-from inos_node.wire import schemas
-from inos_node.wire.codec import _check_size, decode_struct, finish
+from inos_node.wire import _fastread, schemas
+from inos_node.wire.codec import _check_size, decode_struct, finish, traversal_words
 from inos_node.wire.codec import fill_job_request as _fill_job_request
 from inos_node.wire.codec import fill_job_result as _fill_job_result
 from inos_node.wire.codec import fill_metrics as _fill_metrics
@@ -81,6 +82,25 @@ _WORD = 8
 
 def _schema() -> Any:
     return schemas.load("p2p/v1/delegation.capnp")
+
+
+@functools.cache
+def _fast_ok() -> bool:
+    """Whether the hand-written reader's field positions are those of the loaded schemas."""
+    ok = _fastread.layout_matches_schema()
+    if not ok:  # a schema changed without the reader: every message goes through pycapnp
+        logging.getLogger(__name__).warning("wire: the fast delegation reader does not match the schemas; "
+                                            "reading through pycapnp only")
+    return ok
+
+
+def _fast(read: Any, data: bytes | memoryview, max_bytes: int, what: str) -> Any:
+    """``read`` (a ``_fastread`` reader) under the limits ``decode_struct`` gives pycapnp, or None
+    when it declines (or cannot be used): the caller then decodes through pycapnp."""
+    if not _fast_ok():
+        return None
+    _check_size(data, max_bytes, what)
+    return read(data if isinstance(data, bytes) else bytes(data), traversal_words(data))
 
 
 # ---------------------------------------------------------------------------------- dataclasses
@@ -230,6 +250,9 @@ def _read_delegate_request(r: Any) -> DelegateRequest:
 def decode_delegate_request(
     data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME
 ) -> DelegateRequest:
+    fast = _fast(_fastread.read_delegate_request, data, max_bytes, "delegate request")
+    if fast is not None:
+        return fast  # type: ignore[no-any-return]
     result: DelegateRequest = decode_struct(
         _schema().DelegateRequest, data, max_bytes, "delegate request", _read_delegate_request
     )
@@ -262,6 +285,9 @@ def _read_delegate_response(r: Any) -> DelegateResponse:
 def decode_delegate_response(
     data: bytes | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME
 ) -> DelegateResponse:
+    fast = _fast(_fastread.read_delegate_response, data, max_bytes, "delegate response")
+    if fast is not None:
+        return fast  # type: ignore[no-any-return]
     result: DelegateResponse = decode_struct(
         _schema().DelegateResponse, data, max_bytes, "delegate response", _read_delegate_response
     )
@@ -313,9 +339,9 @@ def decode_receipt_body(data: bytes | memoryview, *, max_bytes: int = 64 * 1024)
     if hit is not None:
         _BODIES.move_to_end(key)
         return hit
-    result: ReceiptBody = decode_struct(
-        _schema().ReceiptBody, key, max_bytes, "receipt body", _read_receipt_body
-    )
+    result: ReceiptBody | None = _fast(_fastread.read_receipt_body, key, max_bytes, "receipt body")
+    if result is None:
+        result = decode_struct(_schema().ReceiptBody, key, max_bytes, "receipt body", _read_receipt_body)
     _BODIES[key] = result
     if len(_BODIES) > _MAX_BODIES:
         _BODIES.popitem(last=False)
