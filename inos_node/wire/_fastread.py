@@ -52,6 +52,9 @@ _STATUS = tuple(Status)  # in the schema's order (checked by layout_matches_sche
 _MASK30 = 0x3FFFFFFF
 
 
+_Struct = tuple[tuple[int, ...], tuple[int, ...], int]  # data words, pointer words, where pointers start
+
+
 class _Decline(Exception):
     """Not a message this reader handles (pycapnp decides)."""
 
@@ -71,7 +74,7 @@ class _Msg:
         self.end = len(buf)
         self.left = max_words
 
-    def struct(self, w: int, at: int, dw_want: int, pc_want: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    def struct(self, w: int, at: int, dw_want: int, pc_want: int) -> _Struct:
         """The struct that pointer word ``w`` (found at byte ``at``) points to, as (its data words,
         its pointer words, the byte where its pointers start), cut or zero-padded to the schema's
         ``dw_want`` data words and ``pc_want`` pointers (a null pointer: all zero, the defaults)."""
@@ -184,10 +187,11 @@ _LAYOUT: dict[str, dict[str, tuple[str, int]]] = {
     "DelegateRequest": {"requestId": ("u64", 0), "which": ("u16", 8), "run": ("ptr", 0),
                         "requester": ("ptr", 1), "deadlineUnixMs": ("u64", 16), "inputDigest": ("ptr", 2),
                         "escrow": ("ptr", 3), "escrowChain": ("ptr", 4)},
-    "JobRequest": {"jobId": ("ptr", 0), "library": ("ptr", 1), "method": ("ptr", 2), "input.which": ("u16", 0),
-                   "input.inline": ("ptr", 3), "input.digest": ("ptr", 3), "input.arena": ("ptr", 3),
-                   "params": ("ptr", 4), "budget": ("u64", 8), "priority": ("i32", 4), "deadlineMs": ("u64", 16),
-                   "replicas": ("u32", 24), "module": ("ptr", 5), "moduleDigest": ("ptr", 6)},
+    "JobRequest": {"jobId": ("ptr", 0), "library": ("ptr", 1), "method": ("ptr", 2),
+                   "input.which": ("u16", 0), "input.inline": ("ptr", 3), "input.digest": ("ptr", 3),
+                   "input.arena": ("ptr", 3), "params": ("ptr", 4), "budget": ("u64", 8),
+                   "priority": ("i32", 4), "deadlineMs": ("u64", 16), "replicas": ("u32", 24),
+                   "module": ("ptr", 5), "moduleDigest": ("ptr", 6)},
     "Param": {"key": ("ptr", 0), "value": ("ptr", 1)},
     "ArenaSlice": {"offset": ("u64", 0), "length": ("u64", 8)},
     "DelegateResponse": {"requestId": ("u64", 0), "result": ("ptr", 0), "receipt": ("ptr", 1)},
@@ -195,8 +199,8 @@ _LAYOUT: dict[str, dict[str, tuple[str, int]]] = {
                   "output.inline": ("ptr", 1), "output.digest": ("ptr", 1), "output.arena": ("ptr", 1),
                   "cost": ("u64", 8), "metrics": ("ptr", 2), "error": ("ptr", 3), "retryable": ("bit", 32),
                   "executor": ("ptr", 4)},
-    "Metrics": {"wallNs": ("u64", 0), "cpuNs": ("u64", 8), "fuel": ("u64", 16), "peakMemoryBytes": ("u64", 24),
-                "inputBytes": ("u64", 32), "outputBytes": ("u64", 40)},
+    "Metrics": {"wallNs": ("u64", 0), "cpuNs": ("u64", 8), "fuel": ("u64", 16),
+                "peakMemoryBytes": ("u64", 24), "inputBytes": ("u64", 32), "outputBytes": ("u64", 40)},
     "Receipt": {"body": ("ptr", 0), "signature": ("ptr", 1), "publicKey": ("ptr", 2)},
     "ReceiptBody": {"jobId": ("ptr", 0), "requester": ("ptr", 1), "worker": ("ptr", 2), "capsule": ("ptr", 3),
                     "inputDigest": ("ptr", 4), "outputDigest": ("ptr", 5), "cost": ("u64", 0),
@@ -214,7 +218,13 @@ def _classes() -> tuple[Any, ...]:
     """``wire.delegation``'s dataclasses (imported on first use: that module imports this one)."""
     global _CLASSES
     if not _CLASSES:
-        from inos_node.wire.delegation import DelegateCancel, DelegateResponse, DelegateRun, Receipt, ReceiptBody
+        from inos_node.wire.delegation import (
+            DelegateCancel,
+            DelegateResponse,
+            DelegateRun,
+            Receipt,
+            ReceiptBody,
+        )
 
         _CLASSES = (DelegateRun, DelegateCancel, DelegateResponse, Receipt, ReceiptBody)
     return _CLASSES
@@ -270,9 +280,9 @@ def _job_result(m: _Msg, w: int, at: int) -> JobResult:
     if status >= len(_STATUS):
         raise _Decline
     return JobResult(
-        job_id=m.text(p[0], b), status=_STATUS[status], output=_payload(m, (d[0] >> 16) & 0xFFFF, p[1], b + 8),
-        cost=d[1], metrics=_metrics(m, p[2], b + 16), error=m.text(p[3], b + 24), retryable=bool(d[0] >> 32 & 1),
-        executor=m.text(p[4], b + 32),
+        job_id=m.text(p[0], b), status=_STATUS[status],
+        output=_payload(m, (d[0] >> 16) & 0xFFFF, p[1], b + 8), cost=d[1], metrics=_metrics(m, p[2], b + 16),
+        error=m.text(p[3], b + 24), retryable=bool(d[0] >> 32 & 1), executor=m.text(p[4], b + 32),
     )
 
 
@@ -291,8 +301,9 @@ def read_delegate_request(data: bytes, max_words: int) -> Any:
         if len(digest) != 32:
             raise _Decline
         return run(
-            request_id=d[0], job=_job_request(m, p[0], b), requester=m.text(p[1], b + 8), deadline_unix_ms=d[2],
-            input_digest=digest, escrow=m.blob(p[3], b + 24), escrow_chain=m.blob_list(p[4], b + 32),
+            request_id=d[0], job=_job_request(m, p[0], b), requester=m.text(p[1], b + 8),
+            deadline_unix_ms=d[2], input_digest=digest, escrow=m.blob(p[3], b + 24),
+            escrow_chain=m.blob_list(p[4], b + 32),
         )
     except _Decline:
         return None
@@ -322,8 +333,9 @@ def read_receipt_body(data: bytes, max_words: int) -> Any:
         d, p, b = m.struct(_Q(data, 8)[0], 8, 2, 7)
         return body_type(
             job_id=m.text(p[0], b), requester=m.text(p[1], b + 8), worker=m.text(p[2], b + 16),
-            capsule=m.text(p[3], b + 24), input_digest=m.blob(p[4], b + 32), output_digest=m.blob(p[5], b + 40),
-            cost=d[0], metrics=_metrics(m, p[6], b + 48), finished_unix_ms=d[1],
+            capsule=m.text(p[3], b + 24), input_digest=m.blob(p[4], b + 32),
+            output_digest=m.blob(p[5], b + 40), cost=d[0], metrics=_metrics(m, p[6], b + 48),
+            finished_unix_ms=d[1],
         )
     except _Decline:
         return None
