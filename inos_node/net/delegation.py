@@ -19,9 +19,13 @@ Rules:
   1. The reader never waits for a job: it reads eagerly and starts one task per request, so a
      requester's writes never stall (Yamux resets a writer stalled > 5 s, P9).
   1a. The fast path: a ``fast`` handler may answer a request at once, without awaiting (a small
-     capsule that runs inline: microseconds).  The reader then writes that answer itself and
-     reads on; a request it does not answer (None) takes the task path below.  This saves a
-     task and a scheduler round per small job; the reader still never waits for a job.
+     capsule that runs inline: microseconds).  The reader then writes that answer itself; a
+     request it does not answer (None) takes the task path below.  This saves a task and a
+     scheduler round per small job; the reader still never waits for a job.  Answers made from
+     the frames one read brought in go out together, in one write, before the reader waits for
+     more (at most 16 answers or 256 KiB in one write): one Yamux frame, one Noise message and
+     one send for many small answers.  A request read alone is answered alone, at once.
+     (``capacityExceeded`` answers go out the same way.)
   2. Work is bounded by ONE ``trio.CapacityLimiter`` shared by all streams (``max_concurrent``);
      when it is full the request is answered at once with ``capacityExceeded`` (retryable),
      never queued.  A job holds its slot until its answer is written (a slow reader slows only
@@ -159,6 +163,29 @@ class _ServerStream:
         self.active: dict[int, _Job] = {}
 
 
+class _Answers:
+    """Answers made by the reader (rule 1a) and not written yet: frames, and the runs they answer
+    (for the ``answered`` hook).  Bounded: ``full()`` says when to write them out anyway."""
+
+    __slots__ = ("frames", "runs", "size")
+    MAX_FRAMES = 16
+    MAX_BYTES = 256 * 1024
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.runs: list[DelegateRun] = []
+        self.size = 0
+
+    def add(self, frame: bytes, run: DelegateRun | None = None) -> None:
+        self.frames.append(frame)
+        self.size += len(frame)
+        if run is not None:
+            self.runs.append(run)
+
+    def full(self) -> bool:
+        return len(self.frames) >= self.MAX_FRAMES or self.size >= self.MAX_BYTES
+
+
 class _Job:
     __slots__ = ("cancelled_by_peer", "scope")
 
@@ -239,11 +266,15 @@ class DelegationServer:
         reader = FrameReader(stream, limit=self._max_frame)
         async with trio.open_nursery() as nursery:
             conn = _ServerStream(stream, peer_id, nursery.cancel_scope)
+            batch = _Answers()  # rule 1a: fast answers not written yet
             try:
                 while True:
-                    frame = await reader.read_frame()
-                    if frame is None:
-                        break  # rule 5: the requester is gone
+                    frame = reader.next_buffered()
+                    if frame is None:  # every request read so far is answered or running: flush
+                        await self._flush(conn, batch)
+                        frame = await reader.read_frame()
+                        if frame is None:
+                            break  # rule 5: the requester is gone
                     req = decode_delegate_request(frame, max_bytes=self._max_frame)
                     if isinstance(req, DelegateCancel):
                         job = conn.active.get(req.request_id)
@@ -255,29 +286,21 @@ class DelegationServer:
                         raise RemoteProtocolError(
                             f"requestId {req.request_id} is already running on this stream"
                         )
-                    run = dataclasses.replace(req, requester=peer_id)  # rule 6
+                    # rule 6 (an honest requester names itself already: no copy then)
+                    run = req if req.requester == peer_id else dataclasses.replace(req, requester=peer_id)
                     if self._fast is not None and (response := self._answer_now(run, peer_id)) is not None:
                         self._accepted += 1
-                        try:
-                            await self._write(conn, response)
-                        finally:
-                            if self._answered is not None:
-                                self._after_answer(run, peer_id)
+                        batch.add(self._encode(response), run)
+                        if batch.full():
+                            await self._flush(conn, batch)
                         continue
                     token = object()
                     try:
                         self._limiter.acquire_on_behalf_of_nowait(token)
                     except trio.WouldBlock:
                         self._rejected += 1
-                        await self._write(
-                            conn,
-                            _answer(
-                                run,
-                                Status.CAPACITY_EXCEEDED,
-                                f"worker busy: {int(self._limiter.total_tokens)} jobs running",
-                                retryable=True,
-                            ),
-                        )
+                        busy = f"worker busy: {int(self._limiter.total_tokens)} jobs running"
+                        batch.add(self._encode(_answer(run, Status.CAPACITY_EXCEEDED, busy, retryable=True)))
                         continue
                     self._accepted += 1
                     job = _Job(trio.CancelScope(deadline=self._deadline_of(run)))
@@ -286,10 +309,35 @@ class DelegationServer:
             except RemoteProtocolError as exc:
                 self._resets += 1
                 log.warning("delegate: resetting stream from peer %s: %s", peer_id, exc)
+                with trio.move_on_after(1):  # what was answered before the bad frame still goes out
+                    await self._flush(conn, batch, quiet=True)
             except Exception as exc:  # noqa: BLE001 - StreamReset/StreamError & co: the stream is gone
                 log.debug("delegate: stream from peer %s ended: %r", peer_id, exc)
+            finally:
+                self._answered_all(batch, peer_id)  # answers never written count as failed writes
             nursery.cancel_scope.cancel()
         await reset_quietly(stream)
+
+    async def _flush(self, conn: _ServerStream, batch: _Answers, *, quiet: bool = False) -> None:
+        """Write the batch's answers in one write, then call ``answered`` for their runs."""
+        if not batch.frames:
+            return
+        frames = batch.frames
+        batch.frames, batch.size = [], 0
+        try:
+            await conn.writer.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        except Exception as exc:  # noqa: BLE001 - the stream is gone: see _serve
+            if not quiet:
+                raise
+            log.debug("delegate: cannot answer peer %s: %r", conn.peer_id, exc)
+        finally:
+            self._answered_all(batch, conn.peer_id)
+
+    def _answered_all(self, batch: _Answers, peer_id: str) -> None:
+        runs, batch.runs = batch.runs, []
+        if self._answered is not None:
+            for run in runs:
+                self._after_answer(run, peer_id)
 
     def _answer_now(self, run: DelegateRun, peer_id: str) -> DelegateResponse | None:
         """Rule 1a: the fast handler's answer, or None (past its deadline, or not answerable now)."""
@@ -354,6 +402,10 @@ class DelegationServer:
             self._limiter.release_on_behalf_of(token)
 
     async def _write(self, conn: _ServerStream, response: DelegateResponse) -> None:
+        await conn.writer.write(self._encode(response))
+
+    def _encode(self, response: DelegateResponse) -> bytes:
+        """``response`` as a frame; one too big to send becomes a ``failed`` answer saying so."""
         try:
             payload = encode_delegate_response(response, max_bytes=self._max_frame)
         except LocalProtocolError as exc:
@@ -368,8 +420,7 @@ class DelegationServer:
                     ),
                 )
             )
-        frame = encode_frame(payload, limit=self._max_frame)
-        await conn.writer.write(frame)
+        return encode_frame(payload, limit=self._max_frame)
 
 
 # -------------------------------------------------------------------------------------- client

@@ -239,6 +239,14 @@ class FrameReader:
         """Bytes read from the stream and not yet handed out as a frame."""
         return self._decoder.buffered
 
+    def next_buffered(self) -> bytes | None:
+        """The next frame if the bytes already read hold it whole, else None (no I/O).
+
+        Raises:
+            RemoteProtocolError: as ``read_frame``.
+        """
+        return self._decoder.next_frame()
+
     async def read_frame(self) -> bytes | None:
         """The next frame, or None at a clean end of stream (between frames).
 

@@ -20,7 +20,7 @@ from libp2p.peer.id import ID
 
 from inos_node.errors import LocalProtocolError, PeerError, RemoteProtocolError
 from inos_node.identity import Identity
-from inos_node.net import bench
+from inos_node.net import bench, delegation
 from inos_node.net.blobs import (
     PUSH_PROTOCOL,
     BlobClient,
@@ -30,10 +30,17 @@ from inos_node.net.blobs import (
     MemoryBlobStore,
 )
 from inos_node.net.delegation import PROTOCOL, DelegationClient, DelegationServer, verify_receipt
-from inos_node.net.framing import encode_frame
+from inos_node.net.framing import FrameDecoder, FrameReader, FrameWriter, encode_frame
 from inos_node.net.host import HostConfig, addresses, connect, open_host, quiet_libp2p_logs
 from inos_node.types import JobRequest, JobResult, Status
-from inos_node.wire.delegation import DelegateResponse, DelegateRun, decode_delegate_request
+from inos_node.wire.delegation import (
+    DEFAULT_MAX_FRAME,
+    DelegateResponse,
+    DelegateRun,
+    decode_delegate_request,
+    decode_delegate_response,
+    encode_delegate_request,
+)
 
 pytestmark = pytest.mark.integration
 quiet_libp2p_logs()
@@ -283,6 +290,90 @@ async def test_answered_follows_each_fast_answer_and_its_failures_stay_in_the_lo
         assert r.result.output == b"three"
     assert events == ["fast:j1", "answered:j1", "fast:bad", "answered:bad", "fast:j3", "answered:j3"]
     assert "after-answer work broke" in caplog.text
+
+
+def _request_frame(i: int, method: str = "echo") -> bytes:
+    run = DelegateRun(request_id=i + 1, job=JobRequest(f"b{i}", "system", method, b"x%d" % i),
+                      input_digest=blake3.blake3(b"x%d" % i).digest(), deadline_unix_ms=_deadline())
+    return encode_frame(encode_delegate_request(run), limit=DEFAULT_MAX_FRAME)
+
+
+async def _read_answers(stream: Any, n: int) -> list[DelegateResponse]:
+    reader = FrameReader(stream, limit=DEFAULT_MAX_FRAME)
+    out = []
+    with trio.fail_after(10):
+        for _ in range(n):
+            frame = await reader.read_frame()
+            assert frame is not None
+            out.append(decode_delegate_response(frame))
+    return out
+
+
+@pytest.mark.parametrize("count, writes", [(5, [5]), (20, [16, 4])])
+async def test_requests_read_together_are_answered_together(monkeypatch, count, writes):
+    """Rule 1a: fast answers to the frames of one read go out in one write (at most 16), then
+    ``answered`` runs for each; a request read alone is answered alone."""
+    events: list[str] = []
+    written: list[int] = []  # answers per write of the server
+
+    class CountingWriter(FrameWriter):
+        async def write(self, frame: bytes) -> None:
+            written.append(len(_frames_in(frame)))
+            await super().write(frame)
+
+    monkeypatch.setattr(delegation, "FrameWriter", CountingWriter)
+
+    def fast(run: DelegateRun, peer_id: str) -> DelegateResponse | None:
+        events.append("fast")
+        return DelegateResponse(0, JobResult(run.job.job_id, Status.SUCCESS, bytes(run.job.input)))
+
+    def answered(run: DelegateRun, peer_id: str) -> None:
+        events.append(f"answered after {len(written)} write(s)")
+
+    async with open_pair(fast=fast, answered=answered) as p:
+        raw = await p.a.new_stream(ID.from_base58(p.peer), [PROTOCOL])
+        await raw.write(b"".join(_request_frame(i) for i in range(count)))  # one write: one read there
+        answers = await _read_answers(raw, count)
+        assert [(a.request_id, a.result.output) for a in answers] == [(i + 1, b"x%d" % i) for i in range(count)]
+        assert written == writes
+        assert events[:writes[0]] == ["fast"] * writes[0]
+        assert events[writes[0]:2 * writes[0]] == ["answered after 1 write(s)"] * writes[0]
+        await raw.write(_request_frame(99))  # alone
+        (one,) = await _read_answers(raw, 1)
+        assert one.request_id == 100 and written[-1] == 1
+        await raw.reset()
+
+
+async def test_answers_made_before_a_bad_frame_still_go_out():
+    """Three good requests and a malformed frame in one read: the three are answered (in one
+    write), then the stream is reset; ``answered`` runs for each."""
+    done: list[str] = []
+
+    def fast(run: DelegateRun, peer_id: str) -> DelegateResponse | None:
+        return DelegateResponse(0, JobResult(run.job.job_id, Status.SUCCESS, bytes(run.job.input)))
+
+    async with open_pair(fast=fast, answered=lambda run, peer: done.append(run.job.job_id)) as p:
+        raw = await p.a.new_stream(ID.from_base58(p.peer), [PROTOCOL])
+        await raw.write(b"".join(_request_frame(i) for i in range(3)) + encode_frame(b"garbage!", limit=64))
+        answers = await _read_answers(raw, 3)
+        assert [a.result.output for a in answers] == [b"x0", b"x1", b"x2"]
+        with trio.fail_after(5):
+            try:
+                rest = await raw.read(100)
+            except Exception:  # noqa: BLE001 - StreamReset or StreamEOF: the server dropped it
+                rest = b""
+        assert rest == b""
+        assert p.server.statistics().streams_reset == 1 and done == ["b0", "b1", "b2"]
+
+
+def _frames_in(data: bytes) -> list[bytes]:
+    """The frames in ``data`` (whole frames only)."""
+    dec = FrameDecoder(limit=DEFAULT_MAX_FRAME)
+    dec.feed(data)
+    out = []
+    while (frame := dec.next_frame()) is not None:
+        out.append(frame)
+    return out
 
 
 MAX_FRAME = 64 * 1024
