@@ -2,11 +2,11 @@
 ``DelegateRequest`` (by the worker), ``DelegateResponse`` and ``ReceiptBody`` (by the requester).
 
 Why: pycapnp reads a message field by field, about 1 to 2 us per field.  Measured on the project
-machine, one echo job's request took 20 us to decode through pycapnp, its response 22 us and the
-receipt body in it 15 us, all of it on the critical path of every remote job (one at a time) and
-on the requester's busiest core (32 in flight).  This reader does the same in a fraction of that
-(``tests/unit/test_wire_fastread.py`` measures nothing; ``inos bench mesh`` shows the effect).
-Private to ``wire.delegation``, which falls back to pycapnp whenever this declines (None).
+machine (one echo job's messages): the request took 19.8 us to decode through pycapnp and 10.2 us
+here, the response 21.5 and 11.5 us, the receipt body in it 14.5 and 8.3 us.  All three are on the
+critical path of every remote job, and the requester's two on its busiest core when many jobs are
+in flight.  Private to ``wire.delegation``, which falls back to pycapnp whenever this declines
+(None).
 
 What it reads: the plain Cap'n Proto encoding any writer produces for these schemas in one
 segment (``to_bytes()`` of pycapnp, or of another implementation).  Unlike ``_canonical`` (whose
@@ -36,11 +36,11 @@ bytes, pointers by index); ``layout_matches_schema`` compares them with the load
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any
 
 from inos_node.types import ArenaSlice, Digest, JobRequest, JobResult, Metrics, Status
+from inos_node.wire.codec import param_value
 
 __all__ = ["layout_matches_schema", "read_delegate_request", "read_delegate_response", "read_receipt_body"]
 
@@ -249,14 +249,6 @@ def _metrics(m: _Msg, w: int, at: int) -> Metrics:
     d, _, _ = m.struct(w, at, 6, 0)
     return Metrics(wall_ns=d[0], cpu_ns=d[1], fuel=d[2], peak_memory_bytes=d[3], input_bytes=d[4],
                    output_bytes=d[5])
-
-
-def param_value(raw: str) -> Any:
-    """A param's JSON text decoded; text that is not JSON stays the raw string (``codec``)."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
 
 
 def _signed32(v: int) -> int:

@@ -95,14 +95,16 @@ def fill_job_request(m: Any, req: JobRequest) -> None:
         m.moduleDigest = req.module_digest
 
 
+def param_value(raw: str) -> Any:
+    """A param's JSON text decoded; text that is not JSON stays the raw string (``--param k=v``)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
 def read_job_request(r: Any) -> JobRequest:
-    params: dict[str, Any] = {}
-    for p in r.params:
-        raw = p.value
-        try:
-            params[p.key] = json.loads(raw)
-        except ValueError:
-            params[p.key] = raw
+    params = {p.key: param_value(p.value) for p in r.params}
     return JobRequest(
         job_id=r.jobId,
         library=r.library,
