@@ -707,12 +707,9 @@ class BlobPusher:
                     return "have"
                 if answer.kind != "send":
                     raise PeerError(f"peer {peer_id} did not take the push: {answer.kind} {answer.reason}".strip())
-                # slices of immutable bytes go out as views (Yamux cuts its frames from them: one
-                # copy less per byte); anything mutable is copied a piece at a time as it goes
                 view = memoryview(data)
-                cut = (lambda piece: piece) if isinstance(data, bytes) else bytes
                 for offset in range(0, len(view), _PUSH_WRITE):
-                    await stream.write(cut(view[offset:offset + _PUSH_WRITE]))
+                    await stream.write(bytes(view[offset:offset + _PUSH_WRITE]))
                 answer = await self._answer(reader, peer_id)
             except (RemoteProtocolError, PeerError):
                 raise

@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 import pytest
+from _mutate import MUTATIONS, mutate
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -146,23 +147,8 @@ def test_every_mutation_is_read_as_pycapnp_reads_it(kind: str) -> None:
               "body": decode_receipt_body}[kind]
     fast_hits = changed_hits = 0
     for i in range(4000):
-        target = bytearray(original)
-        how = i % 6
-        if how == 0:
-            target[rng.randrange(len(target))] ^= 1 << rng.randrange(8)
-        elif how == 1:
-            target[rng.randrange(len(target))] = rng.randrange(256)
-        elif how == 2:
-            del target[rng.randrange(8, len(target)) // 8 * 8:]
-        elif how == 3:
-            target += bytes(8 * rng.randrange(1, 3))
-        elif how == 4:  # a pointer or data word replaced by a random (often out-of-range) one
-            at = rng.randrange(1, len(target) // 8) * 8
-            target[at:at + 8] = rng.randbytes(8)
-        else:  # a pointer's offset nudged: aliasing, overlapping and out-of-bounds targets
-            at = rng.randrange(1, len(target) // 8) * 8
-            target[at] = (target[at] + 4 * rng.choice((-2, -1, 1, 2))) % 256
-        data = bytes(target)
+        how = i % MUTATIONS
+        data = mutate(rng, original, how)
         want = _pycapnp(kind, data)
         fast = _fast(kind, data)
         if fast is not None:
