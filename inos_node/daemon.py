@@ -337,13 +337,42 @@ class NodeDaemon:
         try:
             await self._run_job_attempts(job_id, req, deadline, escrow)
         finally:
-            if escrow is not None and escrow.block and not escrow.settled:
-                with trio.CancelScope(shield=True), trio.move_on_after(10):
-                    try:
-                        await self.economy.refund(job_id)
-                        log.info("job=%s: escrow refunded", job_id)
-                    except InosError as exc:
-                        log.error("job=%s: refund failed (it is retried at the next start): %s", job_id, exc)
+            await self._refund_unsettled(job_id, escrow)
+
+    async def _refund_unsettled(self, job_id: str, escrow: _Escrow | None) -> None:
+        """A job that locked credits and did not settle gets them back (shielded: also when cancelled)."""
+        if escrow is not None and escrow.block and not escrow.settled:
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                try:
+                    await self.economy.refund(job_id)
+                    log.info("job=%s: escrow refunded", job_id)
+                except InosError as exc:
+                    log.error("job=%s: refund failed (it is retried at the next start): %s", job_id, exc)
+
+    async def run_remote_paid(self, job_id: str, req: SubmitRequest, target: str, left_ms: int) -> dict[str, Any]:
+        """One capsule on ``target`` with the economy around it and nothing else: lock its price
+        in escrow, run it there (``Mesh.run_remote``: the request, the answer, the receipt
+        checked), settle; an escrow not settled is refunded.  These are the steps, and the same
+        functions, that a paid job takes in ``_run_job_attempts``, without the job book, the
+        decider and the retries around them (which an unpaid job takes too): ``inos bench mesh``
+        times this against ``Mesh.run_remote`` to measure what the economy adds.
+
+        Raises:
+            InosError: no ledger on this node, a budget or balance too small, or a peer failure.
+        """
+        if self.economy is None:
+            raise InvalidParams("this node has no ledger: nothing to pay with", param="genesis")
+        escrow = _Escrow()
+        views = [v for v in self.net.peer_views(req.capsule) if v.peer_id == target]
+        try:
+            await self._open_escrow(job_id, req, trio.current_time() + left_ms / 1000, escrow,
+                                    decider.Plan(executors=(target,)), views)
+            rec = await self._run_on(job_id, req, target, left_ms, escrow)
+            if rec["status"] == Status.SUCCESS.value:
+                rec.update(await self._settle(job_id, req, escrow, [(target, rec)]))
+            return rec
+        finally:
+            await self._refund_unsettled(job_id, escrow)
 
     async def _run_job_attempts(self, job_id: str, req: SubmitRequest, deadline: float,
                                 escrow: _Escrow | None) -> None:

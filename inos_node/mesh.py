@@ -62,6 +62,9 @@ FUEL_PER_UNIT = 1_000_000
 NONPAYER_LIMIT = 2  # a requester that refunded this many jobs we delivered gets no more work from us
 
 
+_MAX_TO_CLAIM = 4096
+
+
 def price_units(cost_model: str, cost: int) -> int:
     """Billable units of an engine ``cost`` (calls, MiB, or fuel) under ``cost_model``."""
     if cost_model == "fuel":
@@ -78,6 +81,8 @@ class Mesh:
         self._rtt_ms: dict[str, float] = {}
         self._fail: dict[str, int] = {}
         self._ok: dict[str, int] = {}
+        # fast answers' receipts for a claim, until the answer is written (see ``_answered``)
+        self._to_claim: dict[tuple[str, str], tuple[Any, int]] = {}
         self._mismatch: dict[str, int] = {}
         self.served = 0
         self._nursery: trio.Nursery | None = None
@@ -393,12 +398,22 @@ class Mesh:
                 if d.economy is not None:
                     d.economy.check_later(peer_id)
                 return None
-            return self._answer(run, peer_id, result, escrow)
+            response = self._answer(run, peer_id, result)
+            if escrow is not None and response.receipt is not None:  # recorded once the answer is out
+                self._to_claim[(peer_id, job.job_id)] = (response.receipt, int(escrow["deadline_ms"]))
+                if len(self._to_claim) > _MAX_TO_CLAIM:  # (never: every fast answer is followed by _answered)
+                    del self._to_claim[next(iter(self._to_claim))]
+            return response
 
     def _answered(self, run: DelegateRun, peer_id: str) -> None:
-        """The delegation server wrote ``_serve_now``'s answer: check a lock taken on trust."""
-        if self.daemon.economy is not None:
-            self.daemon.economy.check_later(peer_id)
+        """The delegation server wrote ``_serve_now``'s answer (or failed to): remember its
+        receipt for a claim, then check the lock if it was taken on trust."""
+        economy = self.daemon.economy
+        if economy is not None:
+            owed = self._to_claim.pop((peer_id, run.job.job_id), None)
+            if owed is not None:
+                economy.expect_payment(peer_id, run.job.job_id, *owed)
+            economy.check_later(peer_id)
 
     def _refuse_nonpayer(self, run: DelegateRun, peer_id: str) -> DelegateResponse | None:
         economy = self.daemon.economy
@@ -445,10 +460,12 @@ class Mesh:
         finally:
             if isinstance(job.input, Digest):
                 self.push_server.used(job.input.value)
-        return self._answer(run, peer_id, result, escrow)
+        response = self._answer(run, peer_id, result)
+        if escrow is not None and response.receipt is not None:  # if the requester never settles, we claim
+            self.daemon.economy.expect_payment(peer_id, job.job_id, response.receipt, int(escrow["deadline_ms"]))
+        return response
 
-    def _answer(self, run: DelegateRun, peer_id: str, result: JobResult,
-                escrow: dict[str, Any] | None) -> DelegateResponse:
+    def _answer(self, run: DelegateRun, peer_id: str, result: JobResult) -> DelegateResponse:
         """The response to a job that ran: the result and, on success, the signed receipt."""
         job = run.job
         self.served += 1
@@ -462,8 +479,6 @@ class Mesh:
         receipt = sign_receipt(self.daemon.identity, job_id=job.job_id, requester=peer_id, worker=self.peer_id,
                                capsule=f"{job.library}.{job.method}", input_digest=run.input_digest, output=output,
                                cost=result.cost, metrics=result.metrics)
-        if escrow is not None:  # if the requester never settles, we claim with this receipt
-            self.daemon.economy.expect_payment(peer_id, job.job_id, receipt, int(escrow["deadline_ms"]))
         out_payload: Any = output
         if len(output) > INLINE_MAX:
             out_payload = Digest(self.blobs.put(output))

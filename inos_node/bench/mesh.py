@@ -21,15 +21,21 @@ The economy's cost is measured on a second pair, A' (in this process) and B' (a 
 a network with a genesis, alive at the same time as A and B, through the daemon's whole job path
 (submit, decider, delegation, receipt check; the same path ``inos submit`` takes) on both sides:
 
-  remote_rtt_econ_phase_p50_us remote_rtt again, in the same rounds as the two below (the
+  remote_rtt_econ_phase_p50_us remote_rtt again, in the same rounds as the three below (the
                                paid/unpaid ratio is taken against it: same minute, same machine)
-  remote_job_rtt_p50_us        system.echo submitted on A with --peer B (no ledger)
-  remote_paid_rtt_p50_us       the same on A' with --peer B': escrow lock before the request,
-                               settle after the receipt verifies.  B' runs with the default
-                               --escrow-credit (100): after the first job A' is a known payer,
-                               so B' answers first and checks each lock right after; with
-                               --escrow-credit 0 it checks every lock before running the job
-                               (``worker_escrow_credit`` in the report says which)
+  remote_paid_rtt_p50_us       remote_rtt with the economy around it, on A' -> B': A' locks the
+                               price in escrow, runs the capsule on B' (Mesh.run_remote, as
+                               remote_rtt) and settles once the receipt verifies
+                               (``NodeDaemon.run_remote_paid``: the functions a paid job runs)
+  remote_job_rtt_p50_us        system.echo submitted on A with --peer B (no ledger), through the
+                               daemon's job path (job book, decider: what ``inos submit`` takes)
+  remote_paid_job_rtt_p50_us   the same on A' with --peer B': the job path with escrow and settle
+  B' runs with the default --escrow-credit (100): after the first job A' is a known payer, so B'
+  answers first and checks each lock right after; with --escrow-credit 0 it checks every lock
+  before running the job (``worker_escrow_credit`` in the report says which).  Ratios: the paid
+  figure against the unpaid one measured the same way (mesh call against mesh call, job path
+  against job path), and, for comparison with earlier reports, the paid job path against the
+  mesh call (``remote_paid_job_rtt/remote_rtt``: it counts the job book as economy).
 
 How the sides are compared: a machine with 2 cores drifts by tens of percent within a minute, so
 each pair is measured in ROUNDS that alternate the two sides (baseline, ours, baseline, ours, ...)
@@ -86,17 +92,19 @@ async def _main(quick: bool, gossip_30: bool, escrow_credit: int | None, say: An
                     await paid.net.wait_peers(peer_id=pb.peer_id, serving="system.echo", count=1)
                 await _mesh_pairs(report, daemon, b, rounds, quick, say)
                 say("the economy: a paid job vs an unpaid one, through the daemon's job path")
-                remote, job, paid_samples = [], [], []
+                remote, paid_remote, job, paid_job = [], [], [], []
                 per = 100 if quick else 200
                 for r in range(rounds):
                     remote += await _remote_samples(daemon, b.peer_id, per, f"econ-{r}")
+                    paid_remote += await _paid_remote_samples(paid, pb.peer_id, per, f"paid-{r}")
                     job += await _job_samples(daemon, b.peer_id, per)
-                    paid_samples += await _job_samples(paid, pb.peer_id, per)
+                    paid_job += await _job_samples(paid, pb.peer_id, per)
                 rec = paid.jobs(1)[0]
                 assert rec.settlement is not None and rec.cost > 0, rec  # it really was paid
                 report["remote_rtt_econ_phase_p50_us"] = _p50_us(remote)
+                report["remote_paid_rtt_p50_us"] = _p50_us(paid_remote)
                 report["remote_job_rtt_p50_us"] = _p50_us(job)
-                report["remote_paid_rtt_p50_us"] = _p50_us(paid_samples)
+                report["remote_paid_job_rtt_p50_us"] = _p50_us(paid_job)
                 nursery.cancel_scope.cancel()
         finally:
             pb.stop()
@@ -121,8 +129,9 @@ async def _main(quick: bool, gossip_30: bool, escrow_credit: int | None, say: An
         "remote_throughput/libp2p_stream_throughput": ratio("remote_throughput_per_s",
                                                             "libp2p_stream_throughput_per_s"),
         "blob/libp2p_bulk": ratio("blob_mbps", "libp2p_bulk_mbps"),
-        "remote_paid_rtt/remote_job_rtt": ratio("remote_paid_rtt_p50_us", "remote_job_rtt_p50_us"),
         "remote_paid_rtt/remote_rtt": ratio("remote_paid_rtt_p50_us", "remote_rtt_econ_phase_p50_us"),
+        "remote_paid_job_rtt/remote_job_rtt": ratio("remote_paid_job_rtt_p50_us", "remote_job_rtt_p50_us"),
+        "remote_paid_job_rtt/remote_rtt": ratio("remote_paid_job_rtt_p50_us", "remote_rtt_econ_phase_p50_us"),
     }
     return report
 
@@ -230,6 +239,20 @@ async def _remote_samples(daemon: Any, peer: str, n: int, prefix: str) -> list[f
     async def one(i: int) -> None:
         rec = await daemon.net.run_remote(f"{prefix}-{i}", req, peer, 10_000)
         assert rec["status"] == "success" and rec["receipt"] is not None, rec
+
+    return await _timed(n, one)
+
+
+async def _paid_remote_samples(daemon: Any, peer: str, n: int, prefix: str) -> list[float]:
+    """Seconds of ``system.echo`` (100 B) run on ``peer`` with escrow and settlement
+    (``NodeDaemon.run_remote_paid``), one at a time."""
+    from inos_node.api.service import SubmitRequest
+
+    req = SubmitRequest("system.echo", b"x" * 100)
+
+    async def one(i: int) -> None:
+        rec = await daemon.run_remote_paid(f"{prefix}-{i}", req, peer, 10_000)
+        assert rec["status"] == "success" and rec["receipt"] is not None and rec["settlement"], rec
 
     return await _timed(n, one)
 

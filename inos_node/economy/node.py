@@ -197,7 +197,7 @@ class LedgerNode:
         self.nonpayers: dict[str, int] = {}
         self.escrow_credit = escrow_credit  # see the module docstring; 0: every lock checked first
         self._known_payers: OrderedDict[str, None] = OrderedDict()  # peer ids whose escrow we took
-        self._unchecked: dict[str, tuple[bytes, bytes, str, tuple[bytes, ...]]] = {}  # peer -> its lock
+        self._unchecked: dict[str, tuple[Block, str, tuple[bytes, ...]]] = {}  # peer -> its lock, job, chain
         self._check_send, self._check_recv = trio.open_memory_channel[str](_MAX_UNCHECKED)
         self._check_queued: set[str] = set()  # peers in the check queue (once each: it never fills)
 
@@ -810,18 +810,17 @@ class LedgerNode:
         Raises:
             LedgerError: no valid lock for this job that names this node.
         """
-        block, offer = await self._offer_lock(raw, requester_key_account, job, peer, chain)
+        block = self._escrow_block(raw, requester_key_account, job)
+        offer = await self._offer_lock(block, peer, chain)
         return self._escrow_accepted(block, offer, job, peer)
 
-    async def _offer_lock(self, raw: bytes, account: bytes, job: str, peer: str,
-                          chain: tuple[bytes, ...]) -> tuple[Block, Offer]:
-        """Decode and offer a lock (after its chain), fetching from ``peer`` what it waits for."""
-        block = self._escrow_block(raw, account, job)
+    async def _offer_lock(self, block: Block, peer: str, chain: tuple[bytes, ...]) -> Offer:
+        """Offer a decoded lock (after its chain), fetching from ``peer`` what it waits for."""
         offer = self._offer_escrow(block, chain, peer)
         if offer.outcome is Outcome.HELD and offer.missing is not None:
             await self._fetch_chain(peer, *offer.missing)
             offer = self.ledger.offer(block)
-        return block, offer
+        return offer
 
     def accept_escrow_now(
         self, raw: bytes, *, requester_key_account: bytes, job: str, peer: str, chain: tuple[bytes, ...] = ()
@@ -855,7 +854,7 @@ class LedgerNode:
             raise LedgerError("the escrow does not name this node as a worker")
         if max_pay > self.escrow_credit or block.height <= self.ledger.height_of(block.account):
             return None
-        self._unchecked[peer] = (raw, requester_key_account, job, chain)
+        self._unchecked[peer] = (block, job, chain)  # decoded once: the check reuses it
         self.stats["escrows_trusted"] += 1
         return {"state": "open", "amount": block.amount, "deadline_ms": block.deadline_ms, "max_pay": max_pay}
 
@@ -875,19 +874,19 @@ class LedgerNode:
             try:
                 await self._check_trusted(peer, *item)
             except Exception as exc:  # noqa: BLE001 - a bug here must not take the ledger down
-                self._trust_lapsed(peer, item[2], f"the check broke: {exc!r}")
+                self._trust_lapsed(peer, item[1], f"the check broke: {exc!r}")
             finally:
                 self._unchecked.pop(peer, None)
                 self.stats["escrows_checked"] += 1
                 self._changed()
 
-    async def _check_trusted(self, peer: str, raw: bytes, account: bytes, job: str,
-                             chain: tuple[bytes, ...]) -> None:
-        """The check ``accept_escrow`` makes, on a lock already answered: it asks whether the
-        lock is valid and names us, not whether it is still open (the requester may have settled
+    async def _check_trusted(self, peer: str, block: Block, job: str, chain: tuple[bytes, ...]) -> None:
+        """The check ``accept_escrow`` makes, on a lock already answered (and decoded, and found
+        to be this requester's lock of this job naming us, by ``trust_escrow_now``): it asks
+        whether the lock is valid, not whether it is still open (the requester may have settled
         it since, and its next request may have brought the lock first)."""
         try:
-            block, offer = await self._offer_lock(raw, account, job, peer, chain)
+            offer = await self._offer_lock(block, peer, chain)
             if offer.outcome is Outcome.HELD:  # its predecessors could not be had (yet): no verdict
                 self._take_now(offer, peer)
                 self._trust_lapsed(peer, job, offer.reason or "held")

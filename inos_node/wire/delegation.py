@@ -27,7 +27,7 @@ from typing import Any
 
 from inos_node.errors import LocalProtocolError, RemoteProtocolError
 from inos_node.types import JobRequest, JobResult, Metrics
-from inos_node.wire import _fastread, schemas
+from inos_node.wire import _fastread, _fastwrite, schemas
 from inos_node.wire.codec import _check_size, decode_struct, finish, traversal_words
 from inos_node.wire.codec import fill_job_request as _fill_job_request
 from inos_node.wire.codec import fill_job_result as _fill_job_result
@@ -201,17 +201,38 @@ def _u64(value: int, what: str) -> int:
 # ---------------------------------------------------------------------------- delegate request
 
 
+def _written(write: Any, message: Any, what: str, max_bytes: int) -> bytes | None:
+    """``write`` (a ``_fastwrite`` writer) under ``finish``'s size limit, or None when it declines
+    (or cannot be used): the caller then builds the message through pycapnp."""
+    if not _fast_ok():
+        return None
+    try:
+        out: bytes = write(message)
+    except _fastwrite._Decline:
+        return None
+    if len(out) > max_bytes:
+        raise LocalProtocolError(f"{what} of {len(out)} bytes is over the {max_bytes}-byte limit",
+                                 limit=max_bytes, observed=len(out))
+    return out
+
+
 def encode_delegate_request(req: DelegateRequest, *, max_bytes: int = DEFAULT_MAX_FRAME) -> bytes:
+    if isinstance(req, DelegateRun) and len(req.input_digest) != DIGEST_BYTES:
+        raise LocalProtocolError(
+            f"inputDigest must be a {DIGEST_BYTES}-byte blake3 digest, got {len(req.input_digest)} bytes",
+            limit=DIGEST_BYTES,
+            observed=len(req.input_digest),
+        )
+    return _written(_fastwrite.write_delegate_request, req, "delegate request", max_bytes) or \
+        _encode_delegate_request(req, max_bytes)
+
+
+def _encode_delegate_request(req: DelegateRequest, max_bytes: int) -> bytes:
+    """``encode_delegate_request`` through pycapnp."""
     m = _schema().DelegateRequest.new_message()
     m.requestId = _u64(req.request_id, "requestId")
     m.requester = req.requester
     if isinstance(req, DelegateRun):
-        if len(req.input_digest) != DIGEST_BYTES:
-            raise LocalProtocolError(
-                f"inputDigest must be a {DIGEST_BYTES}-byte blake3 digest, got {len(req.input_digest)} bytes",
-                limit=DIGEST_BYTES,
-                observed=len(req.input_digest),
-            )
         _fill_job_request(m.init("run"), req.job)
         m.deadlineUnixMs = _u64(req.deadline_unix_ms, "deadlineUnixMs")
         m.inputDigest = req.input_digest
@@ -263,6 +284,12 @@ def decode_delegate_request(
 
 
 def encode_delegate_response(resp: DelegateResponse, *, max_bytes: int = DEFAULT_MAX_FRAME) -> bytes:
+    return _written(_fastwrite.write_delegate_response, resp, "delegate response", max_bytes) or \
+        _encode_delegate_response(resp, max_bytes)
+
+
+def _encode_delegate_response(resp: DelegateResponse, max_bytes: int) -> bytes:
+    """``encode_delegate_response`` through pycapnp."""
     m = _schema().DelegateResponse.new_message()
     m.requestId = _u64(resp.request_id, "requestId")
     _fill_job_result(m.init("result"), resp.result)
@@ -299,6 +326,12 @@ def decode_delegate_response(
 
 def encode_receipt_body(body: ReceiptBody, *, max_bytes: int = 64 * 1024) -> bytes:
     """The canonical bytes a worker signs (rule 4)."""
+    return _written(_fastwrite.write_receipt_body, body, "receipt body", max_bytes) or \
+        _encode_receipt_body(body, max_bytes)
+
+
+def _encode_receipt_body(body: ReceiptBody, max_bytes: int) -> bytes:
+    """``encode_receipt_body`` through pycapnp."""
     m = _schema().ReceiptBody.new_message()
     m.jobId = body.job_id
     m.requester = body.requester
