@@ -460,3 +460,45 @@ def test_a_budget_that_covers_the_executor_is_enough_whatever_the_spares(tmp_pat
         assert len(locks[-1]["payments"]) == 2, locks[-1]
     finally:
         net.close()
+
+
+async def test_the_economy_steps_alone_lock_run_settle_and_refund_a_failure(tmp_path):
+    """``NodeDaemon.run_remote_paid`` (what ``inos bench mesh`` times as the paid round trip): a
+    requester daemon in this process, a worker process on the same genesis.  A success is locked,
+    run and settled (the requester loses the job's cost, the worker gains its price); a job the
+    worker fails is refunded whole; a node without a ledger refuses."""
+    import trio
+
+    from inos_node.daemon import DaemonConfig, NodeDaemon
+    from inos_node.testing.procs import free_port
+
+    net = EcoNet(tmp_path, ["a", "b"])
+    try:
+        b = net.start("b")
+        a = NodeDaemon(DaemonConfig(data_dir=tmp_path / "a", listen=("/ip4/127.0.0.1/tcp/0",),
+                                    bootstrap=(b.address,), api=f"127.0.0.1:{free_port()}", name="a",
+                                    genesis=net.genesis))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            with trio.fail_after(30):
+                await a.net.wait_peers(peer_id=b.peer_id, serving="system.echo", count=1)
+            start = a.economy.balance()["balance"]
+            rec = await a.run_remote_paid("paid-1", SubmitRequest("system.echo", b"hello"), b.peer_id, 10_000)
+            assert rec["status"] == "success" and rec["output"] == b"hello" and rec["receipt"]["worker"] == b.peer_id
+            s = rec["settlement"]
+            assert rec["cost"] == s["paid"] + s["fee"] > 0 and s["refunded"] == s["escrow"] - rec["cost"]
+            assert s["fee"] == settle_fee(s["paid"], FEE_BPS)
+            assert (a.economy.balance()["balance"], a.economy.balance()["escrow"]) == (start - rec["cost"], 0)
+            # the worker fails this one (bad params): nothing is paid, the lock is refunded
+            bad = SubmitRequest("math.dot", b"\0" * 3, params={"count": 1, "dim": 3})
+            failed = await a.run_remote_paid("paid-2", bad, b.peer_id, 10_000)
+            assert failed["status"] != "success" and "settlement" not in failed
+            assert (a.economy.balance()["balance"], a.economy.balance()["escrow"]) == (start - rec["cost"], 0)
+            history = [blk.type.name.lower() for blk in a.economy.ledger.history(a.economy.account)]
+            assert history == ["escrow_lock", "settle", "escrow_lock", "refund"], history
+            worker_did = b.client().balance()["did"]
+            wait_for(lambda: b.client().balance(worker_did)["balance"] == net.alloc + s["paid"] or None, 30,
+                     "the worker to see its payment")
+            nursery.cancel_scope.cancel()
+    finally:
+        net.close()
