@@ -308,3 +308,34 @@ def test_spot_checks_reject_a_lying_peer(tmp_path):
     finally:
         for n in (a, liar, honest):
             n.stop()
+
+
+async def test_a_large_input_is_announced_in_the_dht_once_its_job_is_done(tmp_path):
+    """The requester provides its large input by digest (after the job: see ``Mesh.run_remote``),
+    so a peer lacking it can find who holds it: the worker process stores the record, and a DHT
+    lookup from the requester finds the requester itself.  A small (inline) input is not announced."""
+    import trio
+
+    from inos_node.daemon import DaemonConfig, NodeDaemon
+    from inos_node.testing.procs import free_port
+
+    b = start_node(tmp_path, "b")
+    try:
+        a = NodeDaemon(DaemonConfig(data_dir=tmp_path / "a", listen=("/ip4/127.0.0.1/tcp/0",),
+                                    bootstrap=(b.address,), api=f"127.0.0.1:{free_port()}", name="a"))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            with trio.fail_after(30):
+                await a.net.wait_peers(peer_id=b.peer_id, serving="compute.sha256", count=1)
+            big, small = bytes(range(256)) * (3 * 4096), b"small"
+            for data in (big, small):
+                rec = await a.net.run_remote(f"announce-{len(data)}", SubmitRequest("compute.sha256", data),
+                                             b.peer_id, 10_000)
+                assert rec["status"] == "success" and rec["output"] == hashlib.sha256(data).digest()
+            with trio.fail_after(30):
+                while await a.net.dht.find_providers(blake3.blake3(big).digest()) != [a.net.peer_id]:
+                    await trio.sleep(0.05)  # the announcement runs in the background: poll the network
+            assert await a.net.dht.find_providers(blake3.blake3(small).digest()) == []
+            nursery.cancel_scope.cancel()
+    finally:
+        b.stop()
