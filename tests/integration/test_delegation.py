@@ -541,9 +541,9 @@ async def test_blob_fetch_of_8_mib_is_verified():
             await client.fetch(peer, digest, max_bytes=1000)
 
 
-async def test_a_large_input_is_fetched_into_a_populated_buffer_and_hashed_as_it_arrives():
+async def test_a_large_input_is_fetched_into_a_populated_buffer_and_hashed_whole():
     store = MemoryBlobStore()
-    data = os.urandom(24 * 1024 * 1024 + 777)  # large: hashed along the way, on a worker thread
+    data = os.urandom(24 * 1024 * 1024 + 777)  # large: a prepared buffer, hashed at the end on a worker thread
     digest = store.put(data)
     async with open_blob_pair(store) as (client, peer):
         got = await client.fetch_input(peer, digest, max_bytes=len(data))
@@ -555,7 +555,7 @@ async def test_a_large_input_is_fetched_into_a_populated_buffer_and_hashed_as_it
 
 @pytest.mark.parametrize("where", [0.05, 0.5, 0.999])
 async def test_a_large_corrupted_blob_is_refused_wherever_the_flip_is(where):
-    """The prefix hashed early and the tail hashed at the end are both checked."""
+    """A flipped byte near the start, in the middle or at the end: the whole is checked."""
     store = FlippingStore(where, flip=0x01)
     digest = store.put(os.urandom(12 * 1024 * 1024))
     async with open_blob_pair(store) as (client, peer):
@@ -581,7 +581,7 @@ async def open_push_pair(store: MemoryBlobStore, *, max_bytes: int = 64 * 1024 *
 async def test_a_pushed_blob_is_verified_and_stored_and_a_second_push_sends_nothing():
     store = MemoryBlobStore()
     async with open_push_pair(store) as (pusher, peer, server, _):
-        for size in (0, 1000, 9 * 1024 * 1024 + 3):  # empty, small, large (hashed on the way in)
+        for size in (0, 1000, 9 * 1024 * 1024 + 3):  # empty, small, large (hashed on a worker thread)
             data = os.urandom(size)
             digest = blake3.blake3(data).digest()
             assert await pusher.push(peer, digest, data) == "stored"
