@@ -185,3 +185,44 @@ async def test_journal_records_out_of_order_are_all_recovered(tmp_path: Path) ->
     assert OwnJournal(tmp_path / JOURNAL_NAME).recover() == [], "all applied: emptied"
     with LedgerStore.open(tmp_path / "ledger.sqlite3", genesis) as store:
         assert store.count() == 3
+
+
+async def test_own_blocks_are_gossiped_in_batches_of_at_most_64_and_a_lone_one_after_the_window(
+        tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """The publisher coalesces our blocks: 150 made at once go out as 64 + 64 + 22 (a full batch
+    at once), one made alone goes out by itself once the batching window has passed; every
+    message decodes to our blocks, in order."""
+    from inos_node.economy import node as node_module
+
+    doc, _ = create_genesis({ME.did: 1_000_000, WORKER.did: 1_000}, created_unix_ms=1)
+    genesis = Genesis.from_doc(doc)
+    sent: list[tuple[float, list[bytes]]] = []
+    got_one = trio.Event()
+
+    class Gossip:
+        async def publish(self, topic: str, message: bytes) -> None:
+            items = node_module.decode_batch(message) if message[:1] == node_module._BATCH else [message]
+            sent.append((trio.current_time(), items))
+            got_one.set()
+
+    node = LedgerNode(genesis, ME, tmp_path)
+    async with node.open(), trio.open_nursery() as nursery:
+        node.attach(Gossip(), None, list)
+        await nursery.start(node.run)
+        blocks = [await node.transfer(WORKER.did, 1) for _ in range(150)]
+        with trio.fail_after(1):
+            while sum(len(items) for _, items in sent) < 150:
+                got_one = trio.Event()
+                await got_one.wait()
+        assert [len(items) for _, items in sent] == [64, 64, 22]
+        assert [i for _, items in sent for i in items] == [node_module._BLOCK + encode_block(b) for b in blocks]
+        assert sent[0][0] < node_module._BATCH_WINDOW_S, "a full batch does not wait for the window"
+        start = trio.current_time()
+        sent.clear()
+        got_one = trio.Event()
+        lone = await node.transfer(WORKER.did, 1)
+        with trio.fail_after(1):
+            await got_one.wait()
+        assert sent == [(sent[0][0], [node_module._BLOCK + encode_block(lone)])]
+        assert sent[0][0] - start >= node_module._BATCH_WINDOW_S
+        nursery.cancel_scope.cancel()
