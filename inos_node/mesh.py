@@ -272,63 +272,56 @@ class Mesh:
                 module_digest = self.blobs.put(module)
                 held.append(module_digest)
                 module = None
-            return await self._delegate(job_id, req, target, left_ms, escrow, escrow_chain, payload, digest,
-                                        module, module_digest)
+            job = JobRequest(job_id=job_id, library=req.library, method=req.method, input=payload,
+                             params=dict(req.params), budget=req.budget, deadline_ms=left_ms, replicas=1,
+                             module=module, module_digest=module_digest)
+            t0 = time.perf_counter()
+            try:
+                resp: DelegateResponse = await self.client.request(
+                    target, job, input_digest=digest, deadline_unix_ms=unix_ms() + left_ms, escrow=escrow,
+                    escrow_chain=escrow_chain)
+            except PeerError:
+                if target in self.connected():
+                    raise
+                # a peer we know from its advert but have no connection to (yet): dial it, ask again
+                await self._ensure_connected(target)
+                t0 = time.perf_counter()
+                resp = await self.client.request(target, job, input_digest=digest,
+                                                 deadline_unix_ms=unix_ms() + left_ms, escrow=escrow,
+                                                 escrow_chain=escrow_chain)
+            result = resp.result
+            output = b""
+            body = None
+            if result.ok:
+                if isinstance(result.output, Digest):
+                    output = await self.blob_client.fetch(target, result.output.value,
+                                                          max_bytes=self.daemon.local.engine.config.max_input_bytes)
+                else:
+                    output = bytes(result.output)  # type: ignore[arg-type]
+                body = verify_receipt(resp.receipt, worker=target, job_id=job_id, requester=self.peer_id,
+                                      capsule=req.capsule, input_digest=digest, output=output)
+                self._ok[target] = self._ok.get(target, 0) + 1
+            elapsed_ms = (time.perf_counter() - t0) * 1000
+            network_ms = max(0.0, elapsed_ms - result.metrics.wall_ns / 1e6)
+            self._rtt_ms[target] = 0.8 * self._rtt_ms.get(target, network_ms) + 0.2 * network_ms
+            return {
+                "status": result.status.value,
+                "output": output if result.ok else None,
+                "output_len": len(output),
+                "executor": target,
+                "cost": result.cost,
+                "metrics": result.metrics.as_dict(),
+                "receipt": receipt_json(resp.receipt, body) if result.ok and resp.receipt is not None else None,
+                "error": result.error,
+                "_receipt": resp.receipt if result.ok else None,  # for settlement (the daemon strips "_" keys)
+                "_cost_units": body.cost if body is not None else 0,
+            }
         finally:
             # After the job, not before: the worker gets the bytes from us (pushed, or fetched from
             # us), so a record naming us helps only others, later; made during the push, the
             # announcement would compete with it for the CPU (measured: about 1 % of a 64 MiB job)
             for d in held:
                 self._announce(d)
-
-    async def _delegate(self, job_id: str, req: Any, target: str, left_ms: int, escrow: bytes,
-                        escrow_chain: tuple[bytes, ...], payload: Any, digest: bytes, module: bytes | None,
-                        module_digest: bytes | None) -> dict[str, Any]:
-        """``run_remote`` once the input and module are ready to send: the request, the answer,
-        the receipt checked."""
-        job = JobRequest(job_id=job_id, library=req.library, method=req.method, input=payload,
-                         params=dict(req.params), budget=req.budget, deadline_ms=left_ms, replicas=1,
-                         module=module, module_digest=module_digest)
-        t0 = time.perf_counter()
-        try:
-            resp: DelegateResponse = await self.client.request(target, job, input_digest=digest,
-                                                               deadline_unix_ms=unix_ms() + left_ms, escrow=escrow,
-                                                               escrow_chain=escrow_chain)
-        except PeerError:
-            if target in self.connected():
-                raise
-            # a peer we know from its advert but have no connection to (yet): dial it, ask again
-            await self._ensure_connected(target)
-            t0 = time.perf_counter()
-            resp = await self.client.request(target, job, input_digest=digest, deadline_unix_ms=unix_ms() + left_ms,
-                                             escrow=escrow, escrow_chain=escrow_chain)
-        result = resp.result
-        output = b""
-        body = None
-        if result.ok:
-            if isinstance(result.output, Digest):
-                output = await self.blob_client.fetch(target, result.output.value,
-                                                      max_bytes=self.daemon.local.engine.config.max_input_bytes)
-            else:
-                output = bytes(result.output)  # type: ignore[arg-type]
-            body = verify_receipt(resp.receipt, worker=target, job_id=job_id, requester=self.peer_id,
-                                  capsule=req.capsule, input_digest=digest, output=output)
-            self._ok[target] = self._ok.get(target, 0) + 1
-        elapsed_ms = (time.perf_counter() - t0) * 1000
-        network_ms = max(0.0, elapsed_ms - result.metrics.wall_ns / 1e6)
-        self._rtt_ms[target] = 0.8 * self._rtt_ms.get(target, network_ms) + 0.2 * network_ms
-        return {
-            "status": result.status.value,
-            "output": output if result.ok else None,
-            "output_len": len(output),
-            "executor": target,
-            "cost": result.cost,
-            "metrics": result.metrics.as_dict(),
-            "receipt": receipt_json(resp.receipt, body) if result.ok and resp.receipt is not None else None,
-            "error": result.error,
-            "_receipt": resp.receipt if result.ok else None,  # for settlement (the daemon strips "_" keys)
-            "_cost_units": body.cost if body is not None else 0,
-        }
 
     async def _push(self, target: str, digest: bytes, data: Any, left_ms: int) -> None:
         """Hand a large input to the worker before the request (``/inos/blob-push``): one stream

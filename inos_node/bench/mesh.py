@@ -97,7 +97,7 @@ async def _main(quick: bool, gossip_30: bool, escrow_credit: int | None, say: An
                 per = 100 if quick else 200
                 for r in range(rounds):
                     remote += await _remote_samples(daemon, b.peer_id, per, f"econ-{r}")
-                    paid_remote += await _paid_remote_samples(paid, pb.peer_id, per, f"paid-{r}")
+                    paid_remote += await _remote_samples(paid, pb.peer_id, per, f"paid-{r}", paid=True)
                     job += await _job_samples(daemon, b.peer_id, per)
                     paid_job += await _job_samples(paid, pb.peer_id, per)
                 rec = paid.jobs(1)[0]
@@ -233,30 +233,19 @@ async def _timed(n: int, one: Any) -> list[float]:
     return samples
 
 
-async def _remote_samples(daemon: Any, peer: str, n: int, prefix: str) -> list[float]:
+async def _remote_samples(daemon: Any, peer: str, n: int, prefix: str, *, paid: bool = False) -> list[float]:
     """Seconds of ``system.echo`` (100 B) run on ``peer`` through the mesh (``Mesh.run_remote``:
-    request, answer, receipt verified), one at a time."""
+    request, answer, receipt verified), one at a time; ``paid``: with escrow and settlement around
+    it (``NodeDaemon.run_remote_paid``)."""
     from inos_node.api.service import SubmitRequest
 
     req = SubmitRequest("system.echo", b"x" * 100)
+    run = daemon.run_remote_paid if paid else daemon.net.run_remote
 
     async def one(i: int) -> None:
-        rec = await daemon.net.run_remote(f"{prefix}-{i}", req, peer, 10_000)
+        rec = await run(f"{prefix}-{i}", req, peer, 10_000)
         assert rec["status"] == "success" and rec["receipt"] is not None, rec
-
-    return await _timed(n, one)
-
-
-async def _paid_remote_samples(daemon: Any, peer: str, n: int, prefix: str) -> list[float]:
-    """Seconds of ``system.echo`` (100 B) run on ``peer`` with escrow and settlement
-    (``NodeDaemon.run_remote_paid``), one at a time."""
-    from inos_node.api.service import SubmitRequest
-
-    req = SubmitRequest("system.echo", b"x" * 100)
-
-    async def one(i: int) -> None:
-        rec = await daemon.run_remote_paid(f"{prefix}-{i}", req, peer, 10_000)
-        assert rec["status"] == "success" and rec["receipt"] is not None and rec["settlement"], rec
+        assert not paid or rec["settlement"], rec
 
     return await _timed(n, one)
 

@@ -96,9 +96,12 @@ _MAX_RESPONSE_FRAME = MAX_BLOB_CHUNK + 4096
 log = logging.getLogger(__name__)
 
 
+_ALL_CORES_FROM = 8 * 1024 * 1024  # blobs this big are hashed on all cores (and off the event loop)
+
+
 def digest_of(data: bytes | bytearray | memoryview) -> bytes:
     # Large blobs are hashed on all cores (blake3 splits the tree); small ones are not worth a thread.
-    threads = blake3.blake3.AUTO if len(data) >= 8 * 1024 * 1024 else 1
+    threads = blake3.blake3.AUTO if len(data) >= _ALL_CORES_FROM else 1
     return blake3.blake3(data, max_threads=threads).digest()
 
 
@@ -417,7 +420,6 @@ def _response_id(response: BlobResponse) -> int:
 
 
 _BIG_BYTES = POPULATE_FROM  # blobs this big get a prepared buffer (made on a worker thread)
-_THREAD_HASH_BYTES = 8 * 1024 * 1024  # blobs this big are hashed on a worker thread (on all cores)
 
 
 class _Fill:
@@ -442,7 +444,7 @@ class _Fill:
 
     async def digest(self) -> bytes:
         """The blake3 of the whole buffer (on a worker thread for a large one)."""
-        if len(self.view) >= _THREAD_HASH_BYTES:
+        if len(self.view) >= _ALL_CORES_FROM:
             return await trio.to_thread.run_sync(digest_of, self.view)
         return digest_of(self.view)
 

@@ -22,8 +22,10 @@ Layout: the field positions are ``_fastread._LAYOUT``'s, checked against the loa
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from inos_node.types import ArenaSlice, Digest, JobRequest, JobResult, Metrics, Status
@@ -44,6 +46,18 @@ _FAILS = (struct.error, AttributeError, TypeError, ValueError, KeyError)  # a va
 
 class _Decline(Exception):
     """Not a message this writer handles (pycapnp writes it, or names what is wrong)."""
+
+
+def _declining(write: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``write``, with a value pycapnp must judge (out of its field's range, text UTF-8 cannot
+    encode, a param that is not JSON, a status that is not a ``Status``) raised as ``_Decline``."""
+    @functools.wraps(write)
+    def writer(message: Any) -> bytes:
+        try:
+            return write(message)
+        except _FAILS:
+            raise _Decline from None
+    return writer
 
 
 def _struct_ptr(buf: bytearray, at: int, data_words: int, ptr_words: int) -> int:
@@ -142,75 +156,69 @@ def _job_result(buf: bytearray, at: int, res: JobResult) -> None:
     _text(buf, p + 32, res.executor)
 
 
+@_declining
 def write_delegate_request(req: Any) -> bytes:
     """``encode_delegate_request``'s bytes (a DelegateRun or DelegateCancel).
 
     Raises:
-        _Decline: a value out of its field's range, or text that UTF-8 cannot encode.
+        _Decline: see ``_declining``.
     """
-    try:
-        buf = _message(3, 5)
-        _PQ(buf, 16, req.request_id)
-        _text(buf, 48, req.requester)
-        job = getattr(req, "job", None)
-        if job is None:  # a cancel
-            _PH(buf, 24, 1)
-            return _finish(buf)
-        _job_request(buf, 40, job)
-        _PQ(buf, 32, req.deadline_unix_ms)
-        _bytes(buf, 56, req.input_digest, False)
-        if req.escrow:
-            _bytes(buf, 64, req.escrow, False)
-        chain = req.escrow_chain
-        if chain:
-            first = len(buf)
-            buf += _ZERO_WORDS[len(chain)] if len(chain) < 16 else bytes(8 * len(chain))
-            _PQ(buf, 72, (((first - 80) >> 1) | 1) | (6 << 32) | (len(chain) << 35))
-            for i, raw in enumerate(chain):
-                _bytes(buf, first + 8 * i, raw, False)
+    buf = _message(3, 5)
+    _PQ(buf, 16, req.request_id)
+    _text(buf, 48, req.requester)
+    job = getattr(req, "job", None)
+    if job is None:  # a cancel
+        _PH(buf, 24, 1)
         return _finish(buf)
-    except _FAILS:
-        raise _Decline from None
+    _job_request(buf, 40, job)
+    _PQ(buf, 32, req.deadline_unix_ms)
+    _bytes(buf, 56, req.input_digest, False)
+    if req.escrow:
+        _bytes(buf, 64, req.escrow, False)
+    chain = req.escrow_chain
+    if chain:
+        first = len(buf)
+        buf += bytes(8 * len(chain))
+        _PQ(buf, 72, (((first - 80) >> 1) | 1) | (6 << 32) | (len(chain) << 35))
+        for i, raw in enumerate(chain):
+            _bytes(buf, first + 8 * i, raw, False)
+    return _finish(buf)
 
 
+@_declining
 def write_receipt_body(body: Any) -> bytes:
     """``encode_receipt_body``'s bytes.
 
     Raises:
-        _Decline: as ``write_delegate_request``.
+        _Decline: see ``_declining``.
     """
-    try:
-        buf = _message(2, 7)
-        _text(buf, 32, body.job_id)
-        _text(buf, 40, body.requester)
-        _text(buf, 48, body.worker)
-        _text(buf, 56, body.capsule)
-        _bytes(buf, 64, body.input_digest, False)
-        _bytes(buf, 72, body.output_digest, False)
-        _PQ(buf, 16, body.cost)
-        _metrics(buf, 80, body.metrics)
-        _PQ(buf, 24, body.finished_unix_ms)
-        return _finish(buf)
-    except _FAILS:
-        raise _Decline from None
+    buf = _message(2, 7)
+    _text(buf, 32, body.job_id)
+    _text(buf, 40, body.requester)
+    _text(buf, 48, body.worker)
+    _text(buf, 56, body.capsule)
+    _bytes(buf, 64, body.input_digest, False)
+    _bytes(buf, 72, body.output_digest, False)
+    _PQ(buf, 16, body.cost)
+    _metrics(buf, 80, body.metrics)
+    _PQ(buf, 24, body.finished_unix_ms)
+    return _finish(buf)
 
 
+@_declining
 def write_delegate_response(resp: Any) -> bytes:
     """``encode_delegate_response``'s bytes.
 
     Raises:
-        _Decline: as ``write_delegate_request``.
+        _Decline: see ``_declining``.
     """
-    try:
-        buf = _message(1, 2)
-        _PQ(buf, 16, resp.request_id)
-        _job_result(buf, 24, resp.result)
-        receipt = resp.receipt
-        if receipt is not None:
-            s = _struct_ptr(buf, 32, 0, 3)
-            _bytes(buf, s, receipt.body, False)
-            _bytes(buf, s + 8, receipt.signature, False)
-            _bytes(buf, s + 16, receipt.public_key, False)
-        return _finish(buf)
-    except _FAILS:
-        raise _Decline from None
+    buf = _message(1, 2)
+    _PQ(buf, 16, resp.request_id)
+    _job_result(buf, 24, resp.result)
+    receipt = resp.receipt
+    if receipt is not None:
+        s = _struct_ptr(buf, 32, 0, 3)
+        _bytes(buf, s, receipt.body, False)
+        _bytes(buf, s + 8, receipt.signature, False)
+        _bytes(buf, s + 16, receipt.public_key, False)
+    return _finish(buf)

@@ -166,7 +166,11 @@ def read_job_result(r: Any) -> JobResult:
 
 def finish(m: Any, what: str, max_bytes: int) -> bytes:
     """``m.to_bytes()``, refused with ``LocalProtocolError`` when over ``max_bytes`` (every codec)."""
-    out: bytes = m.to_bytes()
+    return within_limit(m.to_bytes(), what, max_bytes)
+
+
+def within_limit(out: bytes, what: str, max_bytes: int) -> bytes:
+    """``out`` (an encoded message), refused with ``LocalProtocolError`` when over ``max_bytes``."""
     if len(out) > max_bytes:
         raise LocalProtocolError(
             f"{what} of {len(out)} bytes is over the {max_bytes}-byte limit",

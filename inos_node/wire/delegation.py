@@ -28,7 +28,7 @@ from typing import Any
 from inos_node.errors import LocalProtocolError, RemoteProtocolError
 from inos_node.types import JobRequest, JobResult, Metrics
 from inos_node.wire import _fastread, _fastwrite, schemas
-from inos_node.wire.codec import _check_size, decode_struct, finish, traversal_words
+from inos_node.wire.codec import _check_size, decode_struct, finish, traversal_words, within_limit
 from inos_node.wire.codec import fill_job_request as _fill_job_request
 from inos_node.wire.codec import fill_job_result as _fill_job_result
 from inos_node.wire.codec import fill_metrics as _fill_metrics
@@ -86,11 +86,12 @@ def _schema() -> Any:
 
 @functools.cache
 def _fast_ok() -> bool:
-    """Whether the hand-written reader's field positions are those of the loaded schemas."""
+    """Whether the hand-written reader's and writer's field positions (``_fastread._LAYOUT``) are
+    those of the loaded schemas."""
     ok = _fastread.layout_matches_schema()
-    if not ok:  # a schema changed without the reader: every message goes through pycapnp
-        logging.getLogger(__name__).warning("wire: the fast delegation reader does not match the schemas; "
-                                            "reading through pycapnp only")
+    if not ok:  # a schema changed without them: every message goes through pycapnp
+        logging.getLogger(__name__).warning("wire: the fast delegation codec does not match the schemas; "
+                                            "reading and writing through pycapnp only")
     return ok
 
 
@@ -201,18 +202,16 @@ def _u64(value: int, what: str) -> int:
 # ---------------------------------------------------------------------------- delegate request
 
 
-def _written(write: Any, message: Any, what: str, max_bytes: int) -> bytes | None:
-    """``write`` (a ``_fastwrite`` writer) under ``finish``'s size limit, or None when it declines
-    (or cannot be used): the caller then builds the message through pycapnp."""
-    if not _fast_ok():
-        return None
-    try:
-        out: bytes = write(message)
-    except _fastwrite._Decline:
-        return None
-    if len(out) > max_bytes:
-        raise LocalProtocolError(f"{what} of {len(out)} bytes is over the {max_bytes}-byte limit",
-                                 limit=max_bytes, observed=len(out))
+def _encoded(write: Any, build: Any, message: Any, what: str, max_bytes: int) -> bytes:
+    """``message`` encoded by ``write`` (a ``_fastwrite`` writer), or by ``build`` (the pycapnp
+    path: ``(message, max_bytes) -> bytes``) when the writer declines or cannot be used; the
+    same size limit either way."""
+    if _fast_ok():
+        try:
+            return within_limit(write(message), what, max_bytes)
+        except _fastwrite._Decline:
+            pass
+    out: bytes = build(message, max_bytes)
     return out
 
 
@@ -223,8 +222,8 @@ def encode_delegate_request(req: DelegateRequest, *, max_bytes: int = DEFAULT_MA
             limit=DIGEST_BYTES,
             observed=len(req.input_digest),
         )
-    return _written(_fastwrite.write_delegate_request, req, "delegate request", max_bytes) or \
-        _encode_delegate_request(req, max_bytes)
+    return _encoded(_fastwrite.write_delegate_request, _encode_delegate_request, req, "delegate request",
+                    max_bytes)
 
 
 def _encode_delegate_request(req: DelegateRequest, max_bytes: int) -> bytes:
@@ -284,8 +283,8 @@ def decode_delegate_request(
 
 
 def encode_delegate_response(resp: DelegateResponse, *, max_bytes: int = DEFAULT_MAX_FRAME) -> bytes:
-    return _written(_fastwrite.write_delegate_response, resp, "delegate response", max_bytes) or \
-        _encode_delegate_response(resp, max_bytes)
+    return _encoded(_fastwrite.write_delegate_response, _encode_delegate_response, resp, "delegate response",
+                    max_bytes)
 
 
 def _encode_delegate_response(resp: DelegateResponse, max_bytes: int) -> bytes:
@@ -326,8 +325,7 @@ def decode_delegate_response(
 
 def encode_receipt_body(body: ReceiptBody, *, max_bytes: int = 64 * 1024) -> bytes:
     """The canonical bytes a worker signs (rule 4)."""
-    return _written(_fastwrite.write_receipt_body, body, "receipt body", max_bytes) or \
-        _encode_receipt_body(body, max_bytes)
+    return _encoded(_fastwrite.write_receipt_body, _encode_receipt_body, body, "receipt body", max_bytes)
 
 
 def _encode_receipt_body(body: ReceiptBody, max_bytes: int) -> bytes:
